@@ -1,0 +1,1 @@
+"""relpos.models."""
