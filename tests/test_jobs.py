@@ -1,0 +1,265 @@
+"""Background runs: start, list, cancel, reconcile (relpos.jobs).
+
+Most tests swap the trainer for a small fake one (written to tmp_path) whose behaviour is set by an
+environment variable, so each state transition is deterministic and fast. One slow test drives the
+real trainer on configs/tiny.yaml. Every started process group is killed by a finalizer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from relpos import jobs
+from relpos.experiments import rundir
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import argparse, json, os, signal, sys, time
+    from relpos.experiments import rundir
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config"); p.add_argument("--run-dir"); p.add_argument("--set", action="append", default=[])
+    a = p.parse_args()
+    mode = os.environ.get("FAKE_MODE", "done")
+    if mode == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif mode == "graceful":
+        def stop(*_):
+            rundir.update_status(a.run_dir, state="cancelled", note="trainer")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+    rundir.update_status(a.run_dir, state="running", epoch=0, epochs=3, pid=os.getpid(), sets=a.set)
+    print("fake trainer started", a.set, flush=True)
+    if mode == "crash":
+        print("boom: something broke", flush=True)
+        sys.exit(3)
+    epochs = 3 if mode == "done" else 10_000
+    for e in range(1, epochs + 1):
+        time.sleep(0.05)
+        rundir.append_metrics(a.run_dir, {"kind": "epoch", "epoch": e, "val_accuracy": e / 4})
+        rundir.update_status(a.run_dir, epoch=e)
+    rundir.update_status(a.run_dir, state="done")
+    """
+)
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "fake_train.py").write_text(FAKE_TRAINER)
+    monkeypatch.setattr(jobs, "TRAIN_MODULE", "fake_train")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
+    config = tmp_path / "cfg.yaml"
+    config.write_text("name: fake\n")
+    return config
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    yield root
+    # Finalizer: no process group started here survives the test.
+    for child in root.glob("*"):
+        pid = jobs.run_pid(child) if child.is_dir() else None
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            jobs.is_alive(pid)  # reap
+
+
+def wait_state(run_dir, states, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = rundir.read_status(run_dir) or {}
+        if status.get("state") in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"{run_dir} did not reach {states}: {rundir.read_status(run_dir)}")
+
+
+def test_sanitize_name():
+    assert jobs.sanitize_name("my run/../../etc") == "my-run-..-..-etc"
+    assert "/" not in jobs.sanitize_name("a/b")
+    assert jobs.sanitize_name("..") == "run"
+    assert jobs.sanitize_name("") == "run"
+    assert jobs.sanitize_name(None) == "run"
+    assert jobs.sanitize_name("ok_name-1.2") == "ok_name-1.2"
+    assert len(jobs.sanitize_name("x" * 500)) <= 48
+    with pytest.raises(TypeError, match="name"):
+        jobs.sanitize_name(3)
+
+
+def test_override_args():
+    assert jobs._override_args({"train.epochs": 2, "model.use_relative_position": False}) == [
+        "train.epochs=2",
+        "model.use_relative_position=false",
+    ]
+    assert jobs._override_args(["a.b=1"]) == ["a.b=1"]
+    with pytest.raises(ValueError, match="dotted name"):
+        jobs._override_args({"a;rm -rf": 1})
+    with pytest.raises(ValueError, match="key.path=value"):
+        jobs._override_args(["novalue"])
+    with pytest.raises(TypeError, match="overrides"):
+        jobs._override_args("a.b=1")
+
+
+def test_preset_path(tmp_path):
+    (tmp_path / "default.yaml").write_text("a: 1\n")
+    (tmp_path / "tiny.yaml").write_text("a: 2\n")
+    assert jobs.list_presets(tmp_path) == ["default", "tiny"]
+    assert jobs.preset_path("tiny", tmp_path) == tmp_path / "tiny.yaml"
+    assert jobs.preset_path(str(tmp_path / "tiny.yaml"), tmp_path) == tmp_path / "tiny.yaml"
+    with pytest.raises(FileNotFoundError, match="default, tiny"):
+        jobs.preset_path("nope", tmp_path)
+
+
+def test_start_run_reaches_done(fake_trainer, runs_root):
+    run_dir = jobs.start_run(fake_trainer, {"train.epochs": 3}, runs_root=runs_root, name="a b")
+    assert run_dir.parent == runs_root.resolve()
+    assert run_dir.name.endswith("-a-b")
+    status = wait_state(run_dir, {"done"})
+    assert status["sets"] == ["train.epochs=3"]
+    rows = jobs.list_runs(runs_root)
+    assert [r["name"] for r in rows] == [run_dir.name]
+    assert rows[0]["state"] == "done" and rows[0]["progress"] == 1.0
+    assert rows[0]["accuracy"] == pytest.approx(0.75)
+    assert "fake trainer started" in jobs.log_tail(run_dir)
+
+
+def test_concurrency_limit_and_unique_dirs(fake_trainer, runs_root, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "forever")
+    first = jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
+    second = jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
+    assert first != second
+    with pytest.raises(jobs.RunLimitError, match="limit 2"):
+        jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
+    for d in (first, second):
+        assert jobs.cancel_run(d, grace=5)["state"] == "cancelled"
+    third = jobs.start_run(fake_trainer, runs_root=runs_root, max_concurrent=2)
+    jobs.cancel_run(third, grace=5)
+
+
+def test_concurrent_starts_never_share_a_dir(fake_trainer, runs_root, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "forever")
+    results, errors = [], []
+
+    def start():
+        try:
+            results.append(jobs.start_run(fake_trainer, runs_root=runs_root, name="race", max_concurrent=2))
+        except jobs.RunLimitError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and len(errors) == 2
+    assert len(set(results)) == 2
+    for d in results:
+        jobs.cancel_run(d, grace=5)
+
+
+@pytest.mark.parametrize(
+    "mode, expected_note",
+    [("forever", None), ("graceful", "trainer"), ("ignore_term", None)],
+)
+def test_cancel_ends_cancelled(fake_trainer, runs_root, monkeypatch, mode, expected_note):
+    monkeypatch.setenv("FAKE_MODE", mode)
+    run_dir = jobs.start_run(fake_trainer, runs_root=runs_root)
+    wait_state(run_dir, {"running"})
+    pid = jobs.run_pid(run_dir)
+    status = jobs.cancel_run(run_dir, grace=0.5, runs_root=runs_root)
+    assert status["state"] == "cancelled"
+    assert status.get("note") == expected_note
+    assert not jobs.is_alive(pid)
+    # Cancelling a finished run changes nothing.
+    assert jobs.cancel_run(run_dir, grace=0.1)["state"] == "cancelled"
+
+
+def test_cancel_rejects_dirs_outside_root(tmp_path, runs_root):
+    runs_root.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with pytest.raises(ValueError, match="not a run directory inside"):
+        jobs.cancel_run(outside, runs_root=runs_root)
+    link = runs_root / "link"
+    link.symlink_to(outside)
+    with pytest.raises(ValueError, match="symlink"):
+        jobs.cancel_run(link, runs_root=runs_root)
+
+
+def test_reconcile_marks_dead_runs_failed(fake_trainer, runs_root, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    run_dir = jobs.start_run(fake_trainer, runs_root=runs_root)
+    pid = jobs.run_pid(run_dir)
+    deadline = time.monotonic() + 30
+    while jobs.is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (rundir.read_status(run_dir) or {})["state"] == "running"
+    assert jobs.reconcile_runs(runs_root) == [run_dir.name]
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed"
+    assert "boom: something broke" in status["error"]
+    assert jobs.reconcile_runs(runs_root) == []  # idempotent
+
+
+def test_reconcile_dead_pid_and_stale_queue(runs_root):
+    runs_root.mkdir()
+    dead = runs_root / "dead"
+    rundir.update_status(dead, state="running", created_at=time.time())
+    rundir.atomic_write_json(dead / jobs.PROCESS_FILE, {"pid": 2**22 + 12345})
+    fresh = runs_root / "fresh"
+    rundir.update_status(fresh, state="queued", created_at=time.time())
+    stale = runs_root / "stale"
+    rundir.update_status(stale, state="queued", created_at=time.time() - 3600)
+    done = runs_root / "finished"
+    rundir.update_status(done, state="done", created_at=time.time())
+    assert sorted(jobs.reconcile_runs(runs_root)) == ["dead", "stale"]
+    assert rundir.read_status(fresh)["state"] == "queued"
+    assert rundir.read_status(done)["state"] == "done"
+    assert "ended without" in rundir.read_status(dead)["error"]
+
+
+def test_list_runs_skips_symlinks_and_foreign_dirs(tmp_path, runs_root):
+    runs_root.mkdir()
+    (runs_root / "uploads").mkdir()
+    outside = tmp_path / "outside"
+    rundir.update_status(outside, state="done")
+    (runs_root / "escape").symlink_to(outside)
+    sneaky = runs_root / "sneaky"
+    sneaky.mkdir()
+    (sneaky / rundir.STATUS_FILE).symlink_to(outside / rundir.STATUS_FILE)
+    assert jobs.list_runs(runs_root) == []
+    assert jobs.list_runs(tmp_path / "missing") == []
+
+
+def test_is_alive():
+    assert jobs.is_alive(os.getpid())
+    assert not jobs.is_alive(None)
+    assert not jobs.is_alive(-1)
+    assert not jobs.is_alive(2**22 + 12345)
+    # Our own pid is not a trainer of that run directory (pid reuse guard).
+    assert not jobs.is_alive(os.getpid(), run_dir="/nonexistent/some-run")
+
+
+@pytest.mark.slow
+def test_real_trainer_tiny_reaches_done(runs_root):
+    if not jobs.preset_path("tiny").is_file():
+        pytest.skip("configs/tiny.yaml missing")
+    run_dir = jobs.start_run("tiny", runs_root=runs_root, name="tiny")
+    status = wait_state(run_dir, {"done", "failed", "cancelled"}, timeout=240)
+    assert status["state"] == "done", jobs.log_tail(run_dir)
+    rows = jobs.list_runs(runs_root)
+    assert rows[0]["progress"] == 1.0
+    assert (run_dir / rundir.METRICS_FILE).is_file()
