@@ -1,0 +1,549 @@
+"""The computations behind the app's pages: plain numbers in, tensors and numpy arrays out.
+
+Every page of the app is a thin client of this module (widgets -> one call here -> a figure from
+:mod:`relpos.experiments.visualize`), so what the app shows is tested here without a browser.
+Nothing here imports streamlit, and nothing mutates a model it is given (presets copy first).
+
+Shape legend: ``H`` heads, ``N`` tokens (``h * w`` for a 2D window, ``L`` for 1D), ``T`` table rows,
+``L_layers`` attention layers, ``C`` image channels.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from relpos._validation import check_choice, check_float, check_int, check_window_size
+from relpos.attention import ScaledDotProductAttention, collect_attention_maps
+from relpos.jobs import list_presets, preset_path, sanitize_name
+from relpos.relative_position import (
+    BIAS_TYPES,
+    RelativePositionBias,
+    get_relative_position_index_1d,
+    get_relative_position_index_2d,
+)
+
+__all__ = [
+    "BIAS_PRESETS",
+    "MAX_HEADS",
+    "MAX_SEQ_LEN",
+    "MAX_UPLOAD_BYTES",
+    "MAX_WINDOW_SIDE",
+    "UPLOADS_DIR",
+    "apply_bias_preset",
+    "attention_maps",
+    "bias_tables",
+    "decode_cell",
+    "demo_attention",
+    "image_from_upload",
+    "index_matrix",
+    "list_checkpoints",
+    "list_presets",
+    "make_bias",
+    "preset_table",
+    "save_upload",
+    "table_offsets",
+]
+
+#: Largest window side (2D) and sequence length (1D) the app offers: 32 x 32 = 1024 tokens keeps
+#: every page responsive (index and bias matrices of 1024 x 1024, block-averaged when drawn).
+MAX_WINDOW_SIDE = 32
+MAX_SEQ_LEN = 1024
+MAX_HEADS = 16
+#: Upload limit for checkpoints (the server's own limit in .streamlit/config.toml is the outer one).
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_UPLOAD_BYTES = 10 * 1024 * 1024
+UPLOADS_DIR = "uploads"
+#: Table presets a teacher can apply by hand. ``init`` is the module's own truncated-normal init;
+#: ``random`` a normal with std ``alpha``; ``locality`` ``-alpha * distance`` in every head;
+#: ``alibi`` ``-alpha * m_h * distance`` with ALiBi's geometric slopes ``m_h = 2^(-8 (h+1) / H)``.
+BIAS_PRESETS: tuple[str, ...] = ("init", "zeros", "random", "locality", "alibi")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+# --------------------------------------------------------------------------- windows and indices
+
+
+def _check_size(bias_type: str, size: Any) -> tuple[int, int] | int:
+    check_choice("bias_type", bias_type, BIAS_TYPES)
+    if bias_type == "2d":
+        return check_window_size("window_size", size, maximum=MAX_WINDOW_SIDE)
+    return check_int("seq_len", size, maximum=MAX_SEQ_LEN)
+
+
+def num_tokens(bias_type: str, size: Any) -> int:
+    """``N``: ``h * w`` for a 2D window, ``L`` for 1D."""
+    size = _check_size(bias_type, size)
+    return size[0] * size[1] if bias_type == "2d" else size  # type: ignore[index,return-value]
+
+
+def index_matrix(bias_type: str, size: Any) -> np.ndarray:
+    """The ``(N, N)`` relative position index of a 1D sequence (``size = L``) or 2D window (``(h, w)``)."""
+    size = _check_size(bias_type, size)
+    if bias_type == "2d":
+        return get_relative_position_index_2d(size).numpy()
+    return get_relative_position_index_1d(size).numpy()
+
+
+def table_offsets(bias_type: str, size: Any) -> np.ndarray:
+    """The offset each table row stands for: ``(T, 2)`` ``(Δy, Δx)`` for 2D, ``(T,)`` ``Δ`` for 1D.
+
+    Row ``r`` of a 2D table is ``(Δy + h - 1) * (2w - 1) + (Δx + w - 1)`` with ``Δ = query - key``.
+    """
+    size = _check_size(bias_type, size)
+    if bias_type == "2d":
+        h, w = size  # type: ignore[misc]
+        rows = np.arange((2 * h - 1) * (2 * w - 1))
+        return np.stack([rows // (2 * w - 1) - (h - 1), rows % (2 * w - 1) - (w - 1)], axis=1)  # (T, 2)
+    return np.arange(2 * size - 1) - (size - 1)  # type: ignore[operator]
+
+
+def decode_cell(bias_type: str, size: Any, i: int, j: int) -> dict:
+    """Everything about cell ``(i, j)`` of the index matrix, for captions and the formula.
+
+    Returns a dict with ``i``, ``j``, ``index`` (the table row) and, for 2D, ``query`` and ``key``
+    as ``(y, x)``, ``offset`` ``(Δy, Δx)`` and ``window`` ``(h, w)``; for 1D ``offset`` ``i - j``
+    and ``seq_len``.
+    """
+    size = _check_size(bias_type, size)
+    n = num_tokens(bias_type, size)
+    i = check_int("i", i, minimum=0, maximum=n - 1)
+    j = check_int("j", j, minimum=0, maximum=n - 1)
+    if bias_type == "2d":
+        h, w = size  # type: ignore[misc]
+        (yi, xi), (yj, xj) = divmod(i, w), divmod(j, w)
+        dy, dx = yi - yj, xi - xj
+        index = (dy + h - 1) * (2 * w - 1) + (dx + w - 1)
+        return {"i": i, "j": j, "query": (yi, xi), "key": (yj, xj), "offset": (dy, dx),
+                "window": (h, w), "index": index}
+    return {"i": i, "j": j, "offset": i - j, "seq_len": size, "index": i - j + size - 1}
+
+
+def index_formula_latex(cell: dict) -> str:
+    """The index formula of :func:`decode_cell`'s cell with its numbers filled in (LaTeX)."""
+    if "window" in cell:
+        h, w = cell["window"]
+        dy, dx = cell["offset"]
+        return (
+            rf"\text{{index}}[{cell['i']}, {cell['j']}] = (\Delta y + h - 1)(2w - 1) + (\Delta x + w - 1)"
+            rf" = ({dy} + {h - 1}) \cdot {2 * w - 1} + ({dx} + {w - 1}) = {cell['index']}"
+        )
+    length = cell["seq_len"]
+    return (
+        rf"\text{{index}}[{cell['i']}, {cell['j']}] = i - j + L - 1"
+        rf" = {cell['i']} - {cell['j']} + {length - 1} = {cell['index']}"
+    )
+
+
+# --------------------------------------------------------------------------- bias tables and presets
+
+
+def _distances(bias_type: str, size: Any) -> torch.Tensor:
+    offsets = torch.as_tensor(table_offsets(bias_type, size), dtype=torch.float32)
+    if bias_type == "2d":
+        return offsets.pow(2).sum(dim=1).sqrt()  # (T,) Euclidean |(Δy, Δx)|
+    return offsets.abs()  # (T,)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's geometric head slopes ``2^(-8 (h+1) / H)``, ``(H,)``."""
+    num_heads = check_int("num_heads", num_heads)
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)])
+
+
+def preset_table(
+    preset: str,
+    bias_type: str,
+    size: Any,
+    num_heads: int,
+    alpha: float = 1.0,
+    seed: int = 0,
+    init_std: float = 0.02,
+) -> torch.Tensor:
+    """A ``(T, H)`` bias table for one of :data:`BIAS_PRESETS`.
+
+    Args:
+        preset: ``init`` (truncated normal with ``init_std``, as the module initializes),
+            ``zeros``, ``random`` (normal with std ``alpha``), ``locality`` (``-alpha * distance``
+            in every head) or ``alibi`` (``-alpha * m_h * distance`` with ALiBi's slopes ``m_h``).
+        bias_type, size: ``"2d"`` and ``(h, w)``, or ``"1d"`` and ``L``.
+        num_heads: ``H``.
+        alpha: strength of ``random``, ``locality`` and ``alibi``.
+        seed: seed of ``init`` and ``random``.
+        init_std: std of ``init``.
+    """
+    check_choice("preset", preset, BIAS_PRESETS)
+    size = _check_size(bias_type, size)
+    num_heads = check_int("num_heads", num_heads, maximum=64)
+    alpha = check_float("alpha", alpha, minimum=0.0, maximum=100.0)
+    seed = check_int("seed", seed, minimum=0)
+    init_std = check_float("init_std", init_std, minimum=0.0, maximum=10.0)
+    dist = _distances(bias_type, size)  # (T,)
+    t = dist.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    if preset == "zeros":
+        return torch.zeros(t, num_heads)
+    if preset == "init":
+        if init_std == 0:
+            return torch.zeros(t, num_heads)
+        x = torch.randn(t, num_heads, generator=gen) * init_std
+        return x.clamp(-2 * init_std, 2 * init_std)  # truncated at ±2 std, like the module
+    if preset == "random":
+        return torch.randn(t, num_heads, generator=gen) * alpha
+    if preset == "locality":
+        return (-alpha * dist)[:, None].expand(t, num_heads).clone()  # (T, H)
+    return -alpha * dist[:, None] * alibi_slopes(num_heads)[None, :]  # (T, H)
+
+
+def make_bias(
+    bias_type: str,
+    size: Any,
+    num_heads: int,
+    init_std: float = 0.02,
+    seed: int = 0,
+    preset: str = "init",
+    alpha: float = 1.0,
+) -> RelativePositionBias:
+    """A fresh :class:`RelativePositionBias` whose table is :func:`preset_table` (eval mode)."""
+    size = _check_size(bias_type, size)
+    num_heads = check_int("num_heads", num_heads, maximum=MAX_HEADS)
+    kwargs = {"window_size": size} if bias_type == "2d" else {"seq_len": size}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rpb = RelativePositionBias(num_heads=num_heads, bias_type=bias_type, init_std=init_std, **kwargs)
+    table = preset_table(preset, bias_type, size, num_heads, alpha=alpha, seed=seed, init_std=init_std)
+    with torch.no_grad():
+        rpb.relative_position_bias_table.copy_(table)
+    return rpb.eval().requires_grad_(False)
+
+
+def bias_arrays(rpb: RelativePositionBias) -> dict[str, np.ndarray]:
+    """``{"table": (T, H), "bias": (H, N, N), "index": (N, N)}`` of a bias module, as numpy."""
+    with torch.no_grad():
+        return {
+            "table": rpb.relative_position_bias_table.detach().numpy().copy(),
+            "bias": rpb().detach().numpy().copy(),
+            "index": rpb.relative_position_index.numpy().copy(),
+        }
+
+
+def demo_attention(
+    bias: torch.Tensor | np.ndarray,
+    seed: int = 0,
+    head_dim: int = 16,
+    content_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention on a fixed input, with and without ``bias``: what the bias does on its own.
+
+    Queries and keys are fixed random vectors (seeded, std ``content_scale``), so the logits
+    ``q k^T / sqrt(D)`` are the same in both maps and only the bias differs.
+
+    Args:
+        bias: ``(H, N, N)`` bias.
+        seed: seed of the queries and keys.
+        head_dim: ``D``.
+        content_scale: std of queries and keys (0 leaves only the bias).
+
+    Returns:
+        ``(with_bias, without_bias)``, each ``(H, N, N)`` softmax weights (rows sum to 1).
+    """
+    bias = torch.as_tensor(bias, dtype=torch.float32)
+    if bias.dim() != 3 or bias.shape[1] != bias.shape[2]:
+        raise ValueError(f"bias must have shape (H, N, N), got {tuple(bias.shape)}")
+    head_dim = check_int("head_dim", head_dim, maximum=256)
+    content_scale = check_float("content_scale", content_scale, minimum=0.0, maximum=100.0)
+    h, n, _ = bias.shape
+    gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+    q = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
+    k = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
+    v = torch.zeros(1, h, n, 1)
+    attn = ScaledDotProductAttention()
+    with torch.no_grad():
+        _, with_bias = attn(q, k, v, bias)
+        _, without = attn(q, k, v, None)
+    return with_bias[0].numpy(), without[0].numpy()  # (H, N, N) each
+
+
+# --------------------------------------------------------------------------- models
+
+
+def rpb_modules(model: nn.Module) -> list[RelativePositionBias]:
+    """The model's :class:`RelativePositionBias` modules, in layer order."""
+    return [m for m in model.modules() if isinstance(m, RelativePositionBias)]
+
+
+def bias_tables(model: nn.Module) -> list[np.ndarray]:
+    """One ``(T, H)`` table per layer (empty when the model has no relative position bias)."""
+    return [m.relative_position_bias_table.detach().cpu().numpy().copy() for m in rpb_modules(model)]
+
+
+def layer_biases(model: nn.Module) -> list[np.ndarray]:
+    """One ``(H, N, N)`` gathered bias per layer."""
+    out = []
+    with torch.no_grad():
+        for m in rpb_modules(model):
+            out.append(m._gather().detach().cpu().numpy().copy())
+    return out
+
+
+def apply_bias_preset(model: nn.Module, preset: str, alpha: float = 1.0, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with every layer's table set to :func:`preset_table`.
+
+    Layer ``l`` uses ``seed + l`` for ``random``/``init``. The given model is never changed.
+
+    Raises:
+        ValueError: the model has no relative position bias.
+    """
+    check_choice("preset", preset, BIAS_PRESETS)
+    if not rpb_modules(model):
+        raise ValueError("this model has no relative position bias: presets need use_relative_position=True")
+    new = copy.deepcopy(model).eval()
+    for layer, m in enumerate(rpb_modules(new)):
+        size = m.window_size if m.bias_type == "2d" else m.seq_len
+        table = preset_table(preset, m.bias_type, size, m.num_heads, alpha=alpha, seed=seed + layer,
+                             init_std=m.init_std)
+        with torch.no_grad():
+            m.relative_position_bias_table.copy_(table)
+    return new
+
+
+def model_summary(model: nn.Module) -> dict:
+    """``depth``, ``num_heads``, ``grid`` (h, w), ``num_tokens``, ``bias_type`` (or None), ``params``."""
+    rpbs = rpb_modules(model)
+    grid = tuple(getattr(model, "grid_size", ()) or ())
+    return {
+        "depth": getattr(model, "depth", len(rpbs)),
+        "num_heads": getattr(model, "num_heads", rpbs[0].num_heads if rpbs else None),
+        "grid": grid,
+        "num_tokens": grid[0] * grid[1] if len(grid) == 2 else None,
+        "bias_type": rpbs[0].bias_type if rpbs else None,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def preset_config(preset: str) -> dict:
+    """The resolved config of a preset (``configs/<preset>.yaml`` over the defaults)."""
+    from relpos.experiments.config import load_and_resolve  # type: ignore[attr-defined]
+
+    return load_and_resolve(preset_path(preset))
+
+
+def fresh_model(cfg: dict) -> nn.Module:
+    """A new, untrained model for ``cfg`` (seeded by ``cfg["seed"]``), in eval mode."""
+    from relpos.experiments.config import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        model = build_model(cfg)
+    return model.eval().requires_grad_(False)
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """``(model, checkpoint dict)`` from a checkpoint file (``weights_only=True``), eval mode."""
+    from relpos.experiments.checkpoint import load_model_from_checkpoint
+
+    model, ckpt = load_model_from_checkpoint(path)
+    return model.eval().requires_grad_(False), ckpt
+
+
+def sample_input(cfg: dict, index: int = 0, split: str = "val") -> tuple[torch.Tensor, int]:
+    """Sample ``index`` of the config's dataset: ``(image (C, H, W), label)``."""
+    from relpos.data import build_dataset
+
+    dataset = build_dataset(cfg, split)
+    index = check_int("index", index, minimum=0, maximum=len(dataset) - 1)
+    image, label = dataset[index]
+    return image, int(label)
+
+
+def image_from_upload(data: bytes, img_size: int, in_channels: int) -> torch.Tensor:
+    """An uploaded picture as a model input ``(C, img_size, img_size)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: too large, or not an image Pillow can read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    if len(data) > MAX_IMAGE_UPLOAD_BYTES:
+        raise ValueError(f"image is {len(data)} bytes; the limit is {MAX_IMAGE_UPLOAD_BYTES} bytes")
+    img_size = check_int("img_size", img_size, maximum=1024)
+    in_channels = check_int("in_channels", in_channels, maximum=4)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > 40_000_000:
+                raise ValueError(f"image is {im.width}x{im.height}; at most 40 megapixels are accepted")
+            im = im.convert("L" if in_channels == 1 else "RGB").resize((img_size, img_size))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"not an image Pillow can read (PNG, JPEG, ...): {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[None]  # (1, H, W)
+    else:
+        arr = arr.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    if arr.shape[0] != in_channels:
+        arr = np.resize(arr, (in_channels, img_size, img_size)) if in_channels > 3 else arr[:in_channels]
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def display_image(image: torch.Tensor) -> np.ndarray:
+    """A model input ``(C, H, W)`` as an ``(H, W, 3)`` uint8 picture (min-max scaled)."""
+    x = image.detach().float()
+    if x.dim() != 3:
+        raise ValueError(f"image must have shape (C, H, W), got {tuple(x.shape)}")
+    x = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, *x.shape[1:])  # (3, H, W)
+    lo, hi = x.min(), x.max()
+    x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+
+
+def attention_maps(model: nn.Module, image: torch.Tensor, with_bias: bool = True) -> np.ndarray:
+    """Every layer's attention on one image: ``(L_layers, H, N, N)`` numpy.
+
+    ``with_bias=False`` zeroes every relative position bias for this forward only.
+    """
+    if image.dim() != 3:
+        raise ValueError(f"image must have shape (C, H, W), got {tuple(image.shape)}")
+    maps = collect_attention_maps(model, image[None], with_bias=with_bias)  # L x (1, H, N, N)
+    return torch.stack([m[0] for m in maps]).numpy()  # (L, H, N, N)
+
+
+def predict(model: nn.Module, image: torch.Tensor) -> np.ndarray:
+    """Class probabilities ``(K,)`` for one image ``(C, H, W)``."""
+    with torch.no_grad():
+        return model(image[None]).softmax(-1)[0].numpy()
+
+
+# --------------------------------------------------------------------------- checkpoints and uploads
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def list_checkpoints(runs_root: str | Path) -> list[dict]:
+    """Checkpoints of runs (``<run>/best.pt``, ``last.pt``) and uploads (``uploads/*.pt``).
+
+    Each row: ``label`` (``run/best.pt`` or ``uploads/name.pt``), ``path``, ``kind``
+    (``run``/``upload``), ``run`` (run name or None), ``mtime``, ``size``. Symlinks and
+    anything resolving outside ``runs_root`` are skipped. Newest first.
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    rows = []
+
+    def add(path: Path, kind: str, run: str | None) -> None:
+        if path.is_symlink() or not path.is_file() or not _inside(path, root):
+            return
+        st = path.stat()
+        rows.append({"label": f"{path.parent.name}/{path.name}", "path": str(path), "kind": kind,
+                     "run": run, "mtime": st.st_mtime, "size": st.st_size})
+
+    for child in root.iterdir():
+        if child.is_symlink() or not child.is_dir():
+            continue
+        if child.name == UPLOADS_DIR:
+            for f in child.iterdir():
+                if f.suffix in CHECKPOINT_SUFFIXES:
+                    add(f, "upload", None)
+            continue
+        for name in ("best.pt", "last.pt"):
+            add(child / name, "run", child.name)
+    rows.sort(key=lambda r: r["mtime"], reverse=True)
+    return rows
+
+
+def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+    """Check an uploaded checkpoint and store it as ``<runs_root>/uploads/<safe name>.pt``.
+
+    The bytes are loaded with ``torch.load(weights_only=True)`` (no code runs) and must rebuild a
+    model (:func:`relpos.experiments.checkpoint.load_model_from_checkpoint`) before anything is
+    written. The file name is sanitized; an existing file is never overwritten (``-2``, ``-3``...).
+
+    Raises:
+        ValueError: too large, wrong suffix, or not a relpos checkpoint (the message says why).
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    max_bytes = check_int("max_bytes", max_bytes)
+    if len(data) > max_bytes:
+        raise ValueError(f"upload is {len(data)} bytes; the limit is {max_bytes} bytes")
+    if not isinstance(filename, str):
+        raise TypeError(f"filename must be a str, got {type(filename).__name__}")
+    base = os.path.basename(filename.replace("\\", "/"))
+    stem, suffix = os.path.splitext(base)
+    if suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"filename {filename!r} must end in .pt or .pth (a relpos checkpoint)")
+    try:
+        obj = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a safe checkpoint"
+        raise ValueError(f"{base!r} is not a checkpoint torch can load safely (weights_only=True): "
+                         f"{str(exc).splitlines()[0][:300]}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{base!r} holds a {type(obj).__name__}, not a relpos checkpoint dict")
+    folder = Path(runs_root) / UPLOADS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink():
+        raise ValueError(f"{folder} is a symlink; refusing to write through it")
+    safe = sanitize_name(stem, default="checkpoint")
+    from relpos.experiments import rundir
+
+    tmp = folder / f".{safe}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    rundir.atomic_write_bytes(tmp, bytes(data))
+    try:
+        load_checkpoint_model(tmp)  # must rebuild a model, else it is useless to the app
+    except Exception as exc:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{base!r} is not a relpos checkpoint: {str(exc).splitlines()[0][:300]}") from None
+    for k in range(1, 1000):
+        dest = folder / (f"{safe}.pt" if k == 1 else f"{safe}-{k}.pt")
+        try:
+            os.link(tmp, dest)  # atomic; fails if dest exists
+        except FileExistsError:
+            continue
+        tmp.unlink(missing_ok=True)
+        return dest
+    tmp.unlink(missing_ok=True)
+    raise ValueError(f"too many uploads named {safe!r}")
+
+
+def table_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a - b`` of two ``(T, H)`` tables, with a clear error when their shapes differ."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"the two tables have different shapes {a.shape} and {b.shape}: compare runs with the "
+            "same window and number of heads"
+        )
+    return a - b
+
+
+def format_eta(seconds: float | None) -> str:
+    """``"1 min 05 s"`` / ``"12 s"`` / ``"–"``."""
+    if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def safe_download_name(name: str) -> str:
+    """A file name for a download button (no path, no odd characters)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(name)) or "download"

@@ -1,0 +1,205 @@
+"""The computations behind the app's pages (relpos.explore), checked against explicit references."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relpos import explore
+from relpos.models.transformer import VisionTransformer
+
+torch.set_num_threads(1)
+
+
+def test_index_matrix_2x2_reference():
+    ref = [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]
+    np.testing.assert_array_equal(explore.index_matrix("2d", (2, 2)), ref)
+    np.testing.assert_array_equal(explore.index_matrix("1d", 3), [[2, 1, 0], [3, 2, 1], [4, 3, 2]])
+
+
+def test_limits_are_enforced():
+    with pytest.raises(ValueError, match="window_size"):
+        explore.index_matrix("2d", (explore.MAX_WINDOW_SIDE + 1, 2))
+    with pytest.raises(ValueError, match="seq_len"):
+        explore.index_matrix("1d", explore.MAX_SEQ_LEN + 1)
+    with pytest.raises(ValueError, match="bias_type"):
+        explore.index_matrix("3d", 4)
+
+
+@pytest.mark.parametrize("size", [(3, 5), (4, 4), (1, 6)])
+def test_table_offsets_match_index_and_decode(size):
+    h, w = size
+    idx = explore.index_matrix("2d", size)
+    offsets = explore.table_offsets("2d", size)
+    assert offsets.shape == ((2 * h - 1) * (2 * w - 1), 2)
+    n = h * w
+    for i in range(n):
+        for j in range(n):
+            cell = explore.decode_cell("2d", size, i, j)
+            assert cell["index"] == idx[i, j]
+            assert cell["query"] == (i // w, i % w) and cell["key"] == (j // w, j % w)
+            assert tuple(offsets[idx[i, j]]) == cell["offset"]
+            assert cell["offset"] == (i // w - j // w, i % w - j % w)
+
+
+def test_decode_1d_and_formula():
+    cell = explore.decode_cell("1d", 5, 1, 4)
+    assert cell == {"i": 1, "j": 4, "offset": -3, "seq_len": 5, "index": 1}
+    assert explore.index_formula_latex(cell).endswith("= 1")
+    cell2 = explore.decode_cell("2d", (3, 4), 5, 2)
+    # (y, x) 5 -> (1, 1), 2 -> (0, 2): offset (1, -1); index (1 + 2) * 7 + (-1 + 3) = 23
+    assert cell2["offset"] == (1, -1) and cell2["index"] == 23
+    assert "= 23" in explore.index_formula_latex(cell2)
+    with pytest.raises(ValueError, match="i must be"):
+        explore.decode_cell("2d", (2, 2), 4, 0)
+
+
+def test_preset_tables():
+    t = explore.preset_table("zeros", "2d", (2, 3), 4)
+    assert t.shape == (15, 4) and not t.any()
+    loc = explore.preset_table("locality", "2d", (2, 3), 2, alpha=0.5)
+    offsets = explore.table_offsets("2d", (2, 3))
+    for r, (dy, dx) in enumerate(offsets):
+        assert loc[r, 0].item() == pytest.approx(-0.5 * math.hypot(dy, dx))
+        assert loc[r, 1].item() == pytest.approx(loc[r, 0].item())
+    alibi = explore.preset_table("alibi", "1d", 4, 8, alpha=1.0)
+    # head 0 slope 2^-1, offset -3 is row 0
+    assert alibi[0, 0].item() == pytest.approx(-3 * 0.5)
+    assert alibi[0, 7].item() == pytest.approx(-3 * 2.0**-8)
+    r1 = explore.preset_table("random", "1d", 4, 2, alpha=2.0, seed=1)
+    r2 = explore.preset_table("random", "1d", 4, 2, alpha=2.0, seed=1)
+    assert torch.equal(r1, r2) and r1.std() > 0.5
+    init = explore.preset_table("init", "1d", 50, 4, init_std=0.02, seed=0)
+    assert init.abs().max() <= 0.04 + 1e-7
+    with pytest.raises(ValueError, match="preset"):
+        explore.preset_table("bogus", "1d", 4, 2)
+
+
+def test_make_bias_and_arrays_match_gather():
+    rpb = explore.make_bias("2d", (3, 4), 2, preset="locality", alpha=1.0)
+    arr = explore.bias_arrays(rpb)
+    table, bias, index = arr["table"], arr["bias"], arr["index"]
+    assert bias.shape == (2, 12, 12)
+    # bias[h, i, j] == table[index[i, j], h]
+    np.testing.assert_array_equal(bias, table[index].transpose(2, 0, 1))
+    assert bias[0, 5, 5] == 0.0 and bias[0, 0, 11] == pytest.approx(-math.hypot(2, 3))
+
+
+def test_demo_attention_shows_the_bias_effect():
+    rpb = explore.make_bias("2d", (4, 4), 2, preset="locality", alpha=3.0)
+    with_b, without = explore.demo_attention(explore.bias_arrays(rpb)["bias"], seed=0)
+    assert with_b.shape == without.shape == (2, 16, 16)
+    np.testing.assert_allclose(with_b.sum(-1), 1.0, atol=1e-5)
+    # Locality: each query attends more to itself with the bias than without.
+    diag_with = np.diagonal(with_b, axis1=1, axis2=2).mean()
+    diag_without = np.diagonal(without, axis1=1, axis2=2).mean()
+    assert diag_with > 2 * diag_without
+    # Zero content: attention is exactly softmax of the bias row.
+    w0, _ = explore.demo_attention(explore.bias_arrays(rpb)["bias"], content_scale=0.0)
+    b = explore.bias_arrays(rpb)["bias"]
+    ref = np.exp(b) / np.exp(b).sum(-1, keepdims=True)
+    np.testing.assert_allclose(w0, ref, rtol=1e-5, atol=1e-7)
+
+
+def small_vit(**kw):
+    torch.manual_seed(0)
+    args = dict(img_size=16, patch_size=4, in_channels=1, num_classes=4, embed_dim=16, depth=2,
+                num_heads=2, use_relative_position=True)
+    args.update(kw)
+    return VisionTransformer(**args).eval()
+
+
+def test_apply_bias_preset_copies_and_sets_every_layer():
+    model = small_vit()
+    before = [t.copy() for t in explore.bias_tables(model)]
+    new = explore.apply_bias_preset(model, "zeros")
+    assert new is not model
+    for t_old, t_model in zip(before, explore.bias_tables(model)):
+        np.testing.assert_array_equal(t_old, t_model)  # original untouched
+    assert all(not t.any() for t in explore.bias_tables(new))
+    with pytest.raises(ValueError, match="no relative position bias"):
+        explore.apply_bias_preset(small_vit(use_relative_position=False), "zeros")
+
+
+def test_attention_maps_with_and_without_bias():
+    model = explore.apply_bias_preset(small_vit(), "locality", alpha=50.0)
+    image = torch.randn(1, 16, 16)
+    with_b = explore.attention_maps(model, image, with_bias=True)
+    without = explore.attention_maps(model, image, with_bias=False)
+    assert with_b.shape == (2, 2, 16, 16)
+    np.testing.assert_allclose(with_b.sum(-1), 1.0, atol=1e-5)
+    # A strong locality bias makes attention nearly diagonal; without it, it is not.
+    assert np.diagonal(with_b, axis1=2, axis2=3).mean() > 0.9
+    assert np.diagonal(without, axis1=2, axis2=3).mean() < 0.5
+    assert explore.layer_biases(model)[0].shape == (2, 16, 16)
+
+
+def test_image_from_upload_and_display():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(buf, format="PNG")
+    x = explore.image_from_upload(buf.getvalue(), img_size=16, in_channels=3)
+    assert x.shape == (3, 16, 16)
+    assert x[0].min().item() == pytest.approx(1.0) and x[1].max().item() == 0.0
+    g = explore.image_from_upload(buf.getvalue(), img_size=8, in_channels=1)
+    assert g.shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="not an image"):
+        explore.image_from_upload(b"not an image", 16, 3)
+    pic = explore.display_image(torch.stack([torch.zeros(4, 4), torch.ones(4, 4), torch.zeros(4, 4)]))
+    assert pic.shape == (4, 4, 3) and pic.dtype == np.uint8 and pic[0, 0, 1] == 255
+
+
+def test_save_upload_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="limit"):
+        explore.save_upload(b"x" * 11, "a.pt", tmp_path, max_bytes=10)
+    with pytest.raises(ValueError, match=".pt or .pth"):
+        explore.save_upload(b"x", "a.exe", tmp_path)
+    with pytest.raises(ValueError, match="weights_only"):
+        explore.save_upload(b"garbage", "a.pt", tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"x": Evil()}, buf)
+    with pytest.raises(ValueError, match="weights_only"):
+        explore.save_upload(buf.getvalue(), "../../evil.pt", tmp_path)
+    buf = io.BytesIO()
+    torch.save([1, 2], buf)
+    with pytest.raises(ValueError, match="not a relpos checkpoint"):
+        explore.save_upload(buf.getvalue(), "list.pt", tmp_path)
+    assert not (tmp_path.parent / "evil.pt").exists()
+    uploads = tmp_path / "uploads"
+    assert not uploads.exists() or list(uploads.iterdir()) == []  # nothing left behind
+
+
+def test_list_checkpoints(tmp_path):
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "best.pt").write_bytes(b"a")
+    (tmp_path / "run1" / "notes.txt").write_bytes(b"a")
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "mine.pt").write_bytes(b"b")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.pt"
+    outside.write_bytes(b"c")
+    (tmp_path / "uploads" / "link.pt").symlink_to(outside)
+    rows = explore.list_checkpoints(tmp_path)
+    assert sorted(r["label"] for r in rows) == ["run1/best.pt", "uploads/mine.pt"]
+    assert {r["kind"] for r in rows} == {"run", "upload"}
+    assert explore.list_checkpoints(tmp_path / "missing") == []
+
+
+def test_table_difference_and_format_eta():
+    a = np.ones((3, 2))
+    np.testing.assert_array_equal(explore.table_difference(a, a * 0.5), 0.5 * a)
+    with pytest.raises(ValueError, match="different shapes"):
+        explore.table_difference(a, np.ones((4, 2)))
+    assert explore.format_eta(65) == "1 min 05 s"
+    assert explore.format_eta(12.4) == "12 s"
+    assert explore.format_eta(None) == "–"
+    assert explore.safe_download_name("../a b.pt") == "a-b.pt"
