@@ -10,11 +10,13 @@ Shape legend: ``H`` heads, ``N`` tokens (``h * w`` for a 2D window, ``L`` for 1D
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,11 @@ import torch
 from torch import nn
 
 from relpos._validation import check_choice, check_float, check_int, check_window_size
-from relpos.attention import ScaledDotProductAttention, collect_attention_maps
+from relpos.attention import (
+    ScaledDotProductAttention,
+    collect_attention_maps,
+    relative_position_bias_disabled,
+)
 from relpos.jobs import list_presets, preset_path, sanitize_name
 from relpos.relative_position import (
     BIAS_TYPES,
@@ -69,6 +75,7 @@ UPLOADS_DIR = "uploads"
 #: ``alibi`` ``-alpha * m_h * distance`` with ALiBi's geometric slopes ``m_h = 2^(-8 (h+1) / H)``.
 BIAS_PRESETS: tuple[str, ...] = ("init", "zeros", "random", "locality", "alibi")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+_FORWARD_LOCK = threading.RLock()
 
 
 # --------------------------------------------------------------------------- windows and indices
@@ -348,6 +355,43 @@ def fresh_model(cfg: dict) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def initial_tables(cfg: dict) -> list[np.ndarray]:
+    """The ``(T, H)`` tables a run with ``cfg`` started from (its model rebuilt with its seed)."""
+    return bias_tables(fresh_model(cfg))
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def changed_overrides(cfg: dict, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Only the ``overrides`` whose value differs from ``cfg`` (so a run records what was changed)."""
+    return {k: v for k, v in overrides.items() if _get(cfg, k) != v}
+
+
+def check_run_settings(cfg: dict, overrides: dict[str, Any]) -> dict:
+    """Apply ``overrides`` to ``cfg``, resolve and build the model once: a readable error now
+    instead of a failed run later. Returns the resolved config.
+    """
+    from relpos.experiments.config import apply_overrides, build_model, resolve_config
+
+    new = resolve_config(apply_overrides(copy.deepcopy(cfg), [f"{k}={_yaml_value(v)}" for k, v in overrides.items()]))
+    with torch.random.fork_rng(devices=[]):
+        build_model(new)
+    return new
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict]:
     """``(model, checkpoint dict)`` from a checkpoint file (``weights_only=True``), eval mode."""
     from relpos.experiments.checkpoint import load_model_from_checkpoint
@@ -415,14 +459,36 @@ def attention_maps(model: nn.Module, image: torch.Tensor, with_bias: bool = True
     """
     if image.dim() != 3:
         raise ValueError(f"image must have shape (C, H, W), got {tuple(image.shape)}")
-    maps = collect_attention_maps(model, image[None], with_bias=with_bias)  # L x (1, H, N, N)
+    # collect_attention_maps flips per-module flags for one forward: serialize forwards so two
+    # threads (two browser tabs) sharing one cached model never see each other's flags.
+    with _FORWARD_LOCK:
+        maps = collect_attention_maps(model, image[None], with_bias=with_bias)  # L x (1, H, N, N)
     return torch.stack([m[0] for m in maps]).numpy()  # (L, H, N, N)
 
 
-def predict(model: nn.Module, image: torch.Tensor) -> np.ndarray:
-    """Class probabilities ``(K,)`` for one image ``(C, H, W)``."""
-    with torch.no_grad():
-        return model(image[None]).softmax(-1)[0].numpy()
+def predict(model: nn.Module, image: torch.Tensor, with_bias: bool = True) -> np.ndarray:
+    """Class probabilities ``(K,)`` for one image ``(C, H, W)`` (bias zeroed if ``with_bias=False``)."""
+    ctx = contextlib.nullcontext() if with_bias else relative_position_bias_disabled(model)
+    with _FORWARD_LOCK, ctx, torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            return model(image[None]).softmax(-1)[0].numpy()
+        finally:
+            model.train(was_training)
+
+
+def class_names(cfg: dict) -> list[str] | None:
+    """Readable class names of a config's dataset (directions for ``relational``, digits), or None."""
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+    dataset, k = data.get("dataset"), data.get("num_classes")
+    if dataset == "relational":
+        from relpos.data.relational import DIRECTION_NAMES
+
+        return list(DIRECTION_NAMES.get(k, ())) or None
+    if dataset == "digits":
+        return [str(d) for d in range(10)]
+    return None
 
 
 # --------------------------------------------------------------------------- checkpoints and uploads

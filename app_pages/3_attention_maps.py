@@ -1,0 +1,115 @@
+"""Page 3: where a model's attention goes, with its relative position bias and with it zeroed."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app_pages import _shared as sh
+from relpos import explore
+from relpos.experiments import visualize as viz
+
+st.title("Attention maps")
+st.markdown(
+    "The current model (sidebar) looks at one input; each map shows how much a query patch attends "
+    "to every patch of the image. Left: as the model computes it; right: the same forward with every "
+    "relative position bias zeroed, so the difference is what position alone contributes. "
+    "**Try first:** pick a trained checkpoint in the sidebar, then move the query over a mark."
+)
+
+TABLE_CHOICES = ("as loaded", *[p for p in explore.BIAS_PRESETS if p != "init"])
+
+
+@st.cache_data(max_entries=16, show_spinner="Running the model...")
+def maps_for(source: str, modified: float, table: str, alpha: float, sample: int,
+             upload: bytes | None) -> dict:
+    model, cfg = sh.load_source(source)
+    if table != "as loaded":
+        model = explore.apply_bias_preset(model, table, alpha=alpha)  # a copy; the cache stays intact
+    data = cfg.get("data", {})
+    if upload is not None:
+        image = explore.image_from_upload(upload, int(data.get("img_size", 32)),
+                                          int(data.get("in_channels", 3)))
+        label = None
+    else:
+        image, label = explore.sample_input(cfg, sample)
+    return {
+        "picture": explore.display_image(image),
+        "label": label,
+        "with": explore.attention_maps(model, image, with_bias=True),  # (L, H, N, N)
+        "without": explore.attention_maps(model, image, with_bias=False),
+        "probs_with": explore.predict(model, image),
+        "probs_without": explore.predict(model, image, with_bias=False),
+        "class_names": explore.class_names(cfg),
+    }
+
+
+source, layer, head = sh.shared()
+if source is None:
+    st.warning("Choose a model in the sidebar first.")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+with c1:
+    kind = st.radio("Input", ["sample", "upload"], key="am_input", horizontal=True,
+                    format_func={"sample": "Dataset sample", "upload": "Upload an image"}.get)
+    upload_bytes = None
+    sample = 0
+    if kind == "sample":
+        sample = int(st.number_input("Sample", 0, 9_999, 0, key="am_sample"))
+    else:
+        f = st.file_uploader("Image (PNG/JPEG, ≤ 10 MB)", type=["png", "jpg", "jpeg"], key="am_upload")
+        if f is None:
+            st.info("Upload a picture; it is resized to the model's input size.")
+            st.stop()
+        upload_bytes = f.getvalue()
+with c2:
+    table = st.selectbox("Bias table", TABLE_CHOICES, key="am_table",
+                         help="'as loaded' uses the model's own table; the others replace it in a copy.")
+    alpha = st.slider("Preset strength α", 0.0, 5.0, 1.0, 0.1, key="am_alpha",
+                      disabled=table in ("as loaded", "zeros"))
+
+with sh.guard("compute the attention maps",
+              "pick another model or input; a checkpoint whose dataset is unavailable needs an upload"):
+    model, cfg = sh.load_source(source)
+    summary = explore.model_summary(model)
+    if summary["bias_type"] is None and table != "as loaded":
+        st.warning("This model has no relative position bias: the table presets do not apply.")
+        table = "as loaded"
+    res = maps_for(source, sh.source_key(source)[1], table, float(alpha), sample, upload_bytes)
+    maps_with, maps_without = res["with"], res["without"]
+    n = maps_with.shape[-1]
+    grid = summary["grid"] if summary["grid"] else (1, n)
+    sh.clamp_state("am_query", 0, n - 1)
+    with c3:
+        query = st.slider("Query patch", 0, n - 1, n // 2, key="am_query") if n > 1 else 0
+        st.caption(f"query {query} at (y, x) = {divmod(query, grid[1])} · layer {layer} · head {head}")
+    picture = res["picture"]
+    names = res["class_names"]
+
+    def name(k: int) -> str:
+        return names[k] if names and k < len(names) else str(k)
+
+    with c1:
+        st.image(picture, caption="input" + (f" · label: {name(res['label'])}" if res["label"] is not None
+                                              else ""), width=160)
+        pw, pwo = res["probs_with"], res["probs_without"]
+        st.caption(f"prediction with bias: **{name(int(pw.argmax()))}** ({pw.max():.0%}) · "
+                   f"bias zeroed: **{name(int(pwo.argmax()))}** ({pwo.max():.0%})")
+
+    a, b = st.columns(2)
+    with a:
+        sh.plotly(viz.query_centric_figure(maps_with[layer, head], query, grid, image=picture,
+                                           title=f"With bias · layer {layer}, head {head}"),
+                  key="am_query_with")
+    with b:
+        sh.plotly(viz.query_centric_figure(maps_without[layer, head], query, grid, image=picture,
+                                           title=f"Bias zeroed · layer {layer}, head {head}"),
+                  key="am_query_without")
+    st.subheader(f"All heads of layer {layer}")
+    sh.plotly(viz.visualize_attention_weights(maps_with[layer], title=f"Attention, layer {layer}, every head"),
+              key="am_heads")
+    if summary["bias_type"] is not None:
+        sh.plotly(viz.difference_figure(maps_with[layer], maps_without[layer],
+                                        names=("with bias", "bias zeroed")),
+                  key="am_diff")

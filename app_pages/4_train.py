@@ -1,0 +1,168 @@
+"""Page 4: train a small model in the background and watch it learn."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_pages import _shared as sh
+from relpos import explore, jobs
+from relpos.experiments import rundir
+from relpos.experiments import visualize as viz
+
+st.title("Train")
+st.markdown(
+    "Pick a preset, change the main settings, press **Start**: training runs as a separate process, "
+    "so it goes on through page switches, closed tabs and app restarts. Progress, curves and the log "
+    "refresh on their own. **Try first:** start the *default* preset once with the bias on and once "
+    "with it off, then compare the two runs on the Checkpoints page."
+)
+
+RUN_EVERY_S = 2.0
+ROOT = sh.runs_root()
+DATASETS = ("relational", "digits", "synthetic")
+
+# ------------------------------------------------------------------------------------- start a run
+with sh.guard("read the presets", "check the configs/ folder"):
+    presets = jobs.list_presets()
+    if not presets:
+        st.error("No preset found in configs/.")
+        st.stop()
+    preset = st.selectbox("Preset", presets, key="tr_preset",
+                          help="configs/<name>.yaml; 'default' trains in about a minute, 'tiny' in seconds.")
+    cfg = sh.preset_config(preset, sh.preset_modified(preset))
+    data, model_cfg, train_cfg = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
+
+    with st.form("tr_form", border=True):
+        st.caption(f"Settings start from configs/{preset}.yaml; only what you change here is overridden.")
+        c1, c2, c3, c4 = st.columns(4)
+        ds_default = data.get("dataset", "relational")
+        options = list(DATASETS) if ds_default in DATASETS else [ds_default, *DATASETS]
+        dataset = c1.selectbox("Dataset", options, index=options.index(ds_default), key=f"tr_dataset_{preset}")
+        img_size = c1.number_input("Image size", 4, 128, int(data.get("img_size", 32)), key=f"tr_img_{preset}")
+        patch = c1.number_input("Patch size", 1, 32, int(data.get("patch_size", 4)), key=f"tr_patch_{preset}")
+        depth = c2.number_input("Depth (blocks)", 1, 8, int(model_cfg.get("depth", 2)), key=f"tr_depth_{preset}")
+        heads = c2.number_input("Heads", 1, explore.MAX_HEADS, int(model_cfg.get("num_heads", 4)),
+                                key=f"tr_heads_{preset}")
+        use_bias = c3.toggle("Relative position bias", bool(model_cfg.get("use_relative_position", True)),
+                             key=f"tr_bias_{preset}")
+        epochs = c3.number_input("Epochs", 1, 200, int(train_cfg.get("epochs", 5)), key=f"tr_epochs_{preset}")
+        lr = c4.number_input("Learning rate", 1e-5, 1.0, float(train_cfg.get("lr", 1e-3)), format="%.5f",
+                             key=f"tr_lr_{preset}")
+        name = c4.text_input("Run name (optional)", "", max_chars=40, key=f"tr_name_{preset}")
+        submitted = st.form_submit_button("Start", type="primary")
+
+    if submitted:
+        overrides = {
+            "data.dataset": dataset,
+            "data.img_size": int(img_size),
+            "data.patch_size": int(patch),
+            "model.depth": int(depth),
+            "model.num_heads": int(heads),
+            "model.use_relative_position": bool(use_bias),
+            "train.epochs": int(epochs),
+            "train.lr": float(lr),
+        }
+        overrides = explore.changed_overrides(cfg, overrides)
+        try:
+            explore.check_run_settings(cfg, overrides)
+            run_dir = jobs.start_run(preset, overrides, runs_root=ROOT, name=name or None,
+                                     max_concurrent=sh.MAX_CONCURRENT_RUNS)
+        except jobs.RunLimitError as exc:
+            st.warning(f"**Not started:** {exc}.", icon="⏳")
+        except (ValueError, TypeError) as exc:
+            st.error(f"**These settings cannot train:** {exc}\n\n**What to do:** change the setting named "
+                     "above and press Start again.", icon="⚠️")
+        else:
+            st.session_state["tr_selected_pending"] = run_dir.name
+            st.toast(f"Started {run_dir.name}")
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------- runs
+def _runs_table(rows: list[dict]) -> None:
+    frame = pd.DataFrame(
+        {
+            "run": [r["name"] for r in rows],
+            "state": [r["state"] for r in rows],
+            "progress": [r["progress"] for r in rows],
+            "epoch": [f"{r['epoch'] or 0}/{r['epochs'] or '?'}" for r in rows],
+            "accuracy": [r["accuracy"] for r in rows],
+            "updated": [time.strftime("%H:%M:%S", time.localtime(r["updated"])) if r["updated"] else ""
+                        for r in rows],
+        }
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "accuracy": st.column_config.NumberColumn("val accuracy", format="percent"),
+        },
+        key="tr_table",
+    )
+
+
+def runs_section() -> None:
+    with sh.guard("show the runs", f"check that {ROOT}/ is readable, then reload the page"):
+        _runs_section()
+
+
+def _runs_section() -> None:
+    rows = jobs.list_runs(ROOT)
+    st.subheader("Runs")
+    if not rows:
+        st.info(f"No run yet in {ROOT}/. Start one above.")
+        return
+    _runs_table(rows)
+    names = [r["name"] for r in rows]
+    pending = st.session_state.pop("tr_selected_pending", None)
+    if pending in names:
+        st.session_state["tr_run"] = pending
+    if st.session_state.get("tr_run") not in names:
+        st.session_state["tr_run"] = names[0]
+    selected = st.selectbox("Run", names, key="tr_run")
+    info = next(r for r in rows if r["name"] == selected)
+    active = info["state"] in jobs.ACTIVE_STATES
+    st.session_state["tr_was_active"] = any(r["state"] in jobs.ACTIVE_STATES for r in rows)
+
+    cols = st.columns([3, 1])
+    text = f"{info['state']} · epoch {info['epoch'] or 0}/{info['epochs'] or '?'}"
+    if active:
+        text += f" · ETA {explore.format_eta(info['eta_seconds'])}"
+    if info["accuracy"] is not None:
+        text += f" · val accuracy {info['accuracy']:.1%}"
+    cols[0].progress(float(info["progress"]), text=text)
+    if active and cols[1].button("Cancel", key="tr_cancel", type="secondary"):
+        with st.spinner("Stopping the run..."):
+            status = jobs.cancel_run(info["path"], grace=10.0, runs_root=ROOT)
+        st.toast(f"{selected}: {status.get('state')}")
+        st.rerun(scope="app")
+    if info["state"] == "failed" and info["error"]:
+        st.error(f"**This run failed.** {info['error'][:2000]}\n\n**What to do:** read the log below, "
+                 "fix the setting it names, and start a new run.", icon="⚠️")
+    records = rundir.read_metrics(info["path"])
+    if records:
+        sh.plotly(viz.training_curves_figure({selected: records}), key="tr_curves")
+    else:
+        st.caption("Curves appear after the first logged step.")
+    with st.expander("Log (last 30 lines)", expanded=info["state"] == "failed"):
+        st.code(jobs.log_tail(info["path"], lines=30) or "(empty)", language=None)
+    if info["state"] == "done":
+        best = next((p for p in ("best.pt", "last.pt") if (Path(info["path"]) / p).is_file()), None)
+        if best and st.button("Use this run's checkpoint in the sidebar", key="tr_use"):
+            sh.select_run_source(Path(info["path"]) / best)
+            st.rerun(scope="app")
+    # A run finished since the last refresh: rerun the whole app once so polling stops.
+    if st.session_state.get("tr_polling") and not any(r["state"] in jobs.ACTIVE_STATES for r in rows):
+        st.session_state["tr_polling"] = False
+        st.rerun(scope="app")
+
+
+any_active = any(r["state"] in jobs.ACTIVE_STATES for r in jobs.list_runs(ROOT))
+st.session_state["tr_polling"] = any_active
+st.fragment(runs_section, run_every=RUN_EVERY_S if any_active else None)()

@@ -1,0 +1,292 @@
+"""The Streamlit app, server side, with streamlit.testing.v1.AppTest.
+
+Every page renders without an exception or an error message at its defaults and after changing
+each main widget (including the largest window the widgets allow); the sidebar's choices survive
+page switches; the charts carry the library's numbers; Start creates a run that reaches ``done``
+and Cancel ends one in ``cancelled``. Runs go to a temporary runs root (``RELPOS_RUNS_ROOT``) and
+are always cancelled by a finalizer.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relpos import explore, jobs
+from relpos.experiments import rundir
+
+st_testing = pytest.importorskip("streamlit.testing.v1")
+AppTest = st_testing.AppTest
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = {
+    "indices": "app_pages/1_position_indices.py",
+    "bias": "app_pages/2_bias_explorer.py",
+    "attention": "app_pages/3_attention_maps.py",
+    "train": "app_pages/4_train.py",
+    "checkpoints": "app_pages/5_checkpoints.py",
+}
+TIMEOUT = 120
+
+
+def kill_runs(root: Path) -> None:
+    """Stop every run process under ``root`` (finalizer)."""
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        if not child.is_dir() or child.is_symlink():
+            continue
+        pid = jobs.run_pid(child)
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            jobs.is_alive(pid)  # reap our own children
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv(jobs.RUNS_ROOT_ENV, str(root))
+    yield root
+    kill_runs(root)
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def assert_clean(at: AppTest, where: str = "") -> None:
+    assert not at.exception, f"{where}: exception {[e.value for e in at.exception]}"
+    errors = [e.value for e in at.error]
+    assert not errors, f"{where}: st.error {errors}"
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly charts on the page by key, as decoded figure JSON."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        out[el.key or el.proto.id] = json.loads(el.proto.spec)
+    return out
+
+
+def decode(value):
+    """A Plotly array from figure JSON: plain list or binary {dtype, bdata, shape}."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            shape = [int(s) for s in str(shape).split(",")]
+            arr = arr.reshape(shape)
+        return arr
+    return np.asarray(value, dtype=float)
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(PAGES[page]).run()
+    assert_clean(at, page)
+    return at
+
+
+def test_home_renders(runs_root):
+    at = new_app().run()
+    assert_clean(at, "home")
+    assert any("softmax" in el.value for el in at.latex)
+    assert at.sidebar.selectbox(key="sb_source").value.startswith("preset:")
+
+
+@pytest.mark.parametrize(
+    "page, expected_charts",
+    [
+        ("indices", {"pi_matrix", "pi_query_map"}),
+        ("bias", {"be_table", "be_bias", "be_query_bias", "be_attn_with", "be_attn_without"}),
+        ("attention", {"am_query_with", "am_query_without", "am_heads"}),
+        ("train", set()),
+        ("checkpoints", set()),
+    ],
+)
+def test_every_page_renders_at_defaults(runs_root, page, expected_charts):
+    at = open_page(new_app().run(), page)
+    assert expected_charts <= set(charts(at)), set(charts(at))
+    assert at.markdown, "every page opens with a few sentences"
+
+
+def test_position_indices_widgets_and_chart_data(runs_root):
+    at = open_page(new_app().run(), "indices")
+    at.number_input(key="pi_h").set_value(2)
+    at.number_input(key="pi_w").set_value(2).run()
+    assert_clean(at)
+    z = decode(charts(at)["pi_matrix"]["data"][0]["z"])
+    np.testing.assert_array_equal(z, [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]])
+    at.slider(key="pi_query").set_value(3)
+    at.slider(key="pi_key").set_value(0).run()
+    assert_clean(at)
+    assert any("= 8" in el.value for el in at.latex)  # index[3, 0] = 8
+    # 1D, then the largest window the widgets allow.
+    at.radio(key="pi_kind").set_value("1d").run()
+    assert_clean(at, "1d")
+    at.number_input(key="pi_len").set_value(12).run()
+    assert_clean(at, "1d len")
+    z = decode(charts(at)["pi_matrix"]["data"][0]["z"])
+    np.testing.assert_array_equal(z, explore.index_matrix("1d", 12))
+    at.radio(key="pi_kind").set_value("2d").run()
+    at.number_input(key="pi_h").set_value(explore.MAX_WINDOW_SIDE)
+    at.number_input(key="pi_w").set_value(explore.MAX_WINDOW_SIDE).run()
+    assert_clean(at, "largest window")
+    at.slider(key="pi_query").set_value(explore.MAX_WINDOW_SIDE**2 - 1).run()
+    assert_clean(at, "largest window, last query")
+
+
+def test_bias_explorer_widgets_and_chart_data(runs_root):
+    at = open_page(new_app().run(), "bias")
+    for preset in explore.BIAS_PRESETS:
+        at.selectbox(key="be_preset").set_value(preset).run()
+        assert_clean(at, preset)
+    at.selectbox(key="be_preset").set_value("locality")
+    at.number_input(key="be_h").set_value(3)
+    at.number_input(key="be_w").set_value(4)
+    at.number_input(key="be_heads").set_value(2)
+    at.slider(key="be_alpha").set_value(2.0).run()
+    assert_clean(at)
+    rpb = explore.make_bias("2d", (3, 4), 2, preset="locality", alpha=2.0)
+    ref = explore.bias_arrays(rpb)
+    fig = charts(at)["be_bias"]
+    z = decode(fig["data"][0]["z"])
+    np.testing.assert_allclose(z, ref["bias"][0], rtol=1e-6, atol=1e-6)
+    for key, value in [("be_head", 1), ("be_query", 5), ("be_content", 0.0), ("be_seed", 3),
+                       ("be_init_std", 0.1)]:
+        widget = at.slider(key=key) if key in ("be_head", "be_query", "be_content") else at.number_input(key=key)
+        widget.set_value(value).run()
+        assert_clean(at, key)
+    at.radio(key="be_kind").set_value("1d").run()
+    assert_clean(at, "1d")
+    # Largest settings: 32x32 window and 16 heads.
+    at.radio(key="be_kind").set_value("2d").run()
+    at.number_input(key="be_h").set_value(explore.MAX_WINDOW_SIDE)
+    at.number_input(key="be_w").set_value(explore.MAX_WINDOW_SIDE)
+    at.number_input(key="be_heads").set_value(explore.MAX_HEADS).run()
+    assert_clean(at, "largest")
+
+
+def test_attention_page_widgets(runs_root):
+    at = open_page(new_app().run(), "attention")
+    at.slider(key="am_query").set_value(0).run()
+    assert_clean(at, "query")
+    at.number_input(key="am_sample").set_value(3).run()
+    assert_clean(at, "sample")
+    for table in ("locality", "zeros"):
+        at.selectbox(key="am_table").set_value(table).run()
+        assert_clean(at, table)
+    at.selectbox(key="am_table").set_value("zeros").run()
+    figs = charts(at)
+    a = decode(figs["am_query_with"]["data"][0]["z"])
+    b = decode(figs["am_query_without"]["data"][0]["z"])
+    np.testing.assert_allclose(a, b, atol=1e-6)  # a zero table is the same as no bias
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 50), (0, 128, 255)).save(buf, format="PNG")
+    at.radio(key="am_input").set_value("upload").run()
+    at.file_uploader(key="am_upload").upload("pic.png", buf.getvalue(), "image/png").run()
+    assert_clean(at, "upload")
+    assert "am_query_with" in charts(at)
+
+
+def test_sidebar_choices_survive_page_switches(runs_root):
+    at = new_app().run()
+    layers = at.sidebar.selectbox(key="sb_layer").options
+    heads = at.sidebar.selectbox(key="sb_head").options
+    assert len(layers) >= 2 and len(heads) >= 2
+    at.sidebar.selectbox(key="sb_layer").set_value(1)
+    at.sidebar.selectbox(key="sb_head").set_value(1).run()
+    for page in ("indices", "attention", "train", "checkpoints", "bias"):
+        open_page(at, page)
+        assert at.session_state["sb_layer"] == 1 and at.session_state["sb_head"] == 1, page
+    assert any("layer 1" in (c.value or "") for c in open_page(at, "attention").caption)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def start_from_page(at: AppTest, preset: str, **settings) -> Path:
+    at.selectbox(key="tr_preset").set_value(preset).run()
+    assert_clean(at, "preset")
+    for key, value in settings.items():
+        at.number_input(key=f"tr_{key}_{preset}").set_value(value)
+    at.form_submit_button[0].click().run()
+    assert_clean(at, "start")
+    root = Path(os.environ[jobs.RUNS_ROOT_ENV])
+    dirs = wait_for(lambda: [d for d in root.iterdir() if (d / rundir.STATUS_FILE).is_file()], 30)
+    return dirs[0]
+
+
+@pytest.mark.slow
+def test_start_run_reaches_done_and_shows_everywhere(runs_root):
+    at = open_page(new_app().run(), "train")
+    run_dir = start_from_page(at, "tiny")
+    assert run_dir.parent == runs_root
+    status = wait_for(lambda: (s := rundir.read_status(run_dir)) and s.get("state") in rundir.TERMINAL_STATES
+                      and s, 240, 0.5)
+    assert status["state"] == "done", jobs.log_tail(run_dir)
+    at.run()
+    assert_clean(at, "train after done")
+    assert "tr_curves" in charts(at)
+    assert at.selectbox(key="tr_run").value == run_dir.name
+    # The checkpoint is now a source in the sidebar and on the checkpoints page.
+    ckpt = next(p for p in (run_dir / "best.pt", run_dir / "last.pt") if p.is_file())
+    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(ckpt)).run()
+    assert_clean(at, "ckpt source")
+    open_page(at, "attention")
+    assert {"am_query_with", "am_query_without", "am_heads"} <= set(charts(at))
+    open_page(at, "checkpoints")
+    assert "ck_learned" in charts(at) or any("no relative position bias" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_cancel_ends_cancelled(runs_root):
+    at = open_page(new_app().run(), "train")
+    run_dir = start_from_page(at, "tiny", epochs=200)
+    wait_for(lambda: (rundir.read_status(run_dir) or {}).get("state") == "running", 120, 0.2)
+    at.run()
+    at.button(key="tr_cancel").click().run()
+    assert_clean(at, "cancel")
+    assert rundir.read_status(run_dir)["state"] == "cancelled"
+    assert not jobs.is_alive(jobs.run_pid(run_dir), run_dir)
+
+
+def test_concurrency_limit_message(runs_root, monkeypatch):
+    # Two runs that look alive (this test process's pid is not a trainer, so fake 'queued' runs
+    # without pid, fresh: they count as active).
+    for k in range(2):
+        rundir.update_status(runs_root / f"busy{k}", state="queued", created_at=time.time())
+    at = open_page(new_app().run(), "train")
+    at.form_submit_button[0].click().run()
+    assert not at.exception
+    assert any("already queued or running" in w.value for w in at.warning)
+    assert sorted(p.name for p in runs_root.iterdir() if p.is_dir()) == ["busy0", "busy1"]
+
+
+def test_no_scripts_in_a_pages_folder():
+    # Streamlit runs a folder named pages/ in its old multipage mode on a deep link to a page
+    # before app.py's st.navigation is reached: the frame and sidebar would be skipped.
+    assert not list((ROOT / "pages").glob("*.py")), "keep page scripts in app_pages/, not pages/"
