@@ -11,7 +11,7 @@ import streamlit as st
 from app_pages import _shared as sh
 from relpos import jobs
 
-st.set_page_config(page_title="relpos · relative position bias", page_icon="🧭", layout="wide")
+st.set_page_config(page_title="relpos · relative position bias", page_icon=":material/explore:", layout="wide")
 
 
 @st.cache_resource(show_spinner=False)
@@ -55,7 +55,7 @@ def home() -> None:
     st.info(
         "New here? Open **Position indices**, move the query slider, then go to **Bias explorer** "
         "and pick the *locality* preset: watch each query's attention gather around itself.",
-        icon="💡",
+        icon=":material/lightbulb:",
     )
 
 
@@ -102,12 +102,12 @@ def sidebar() -> None:
 def main() -> None:
     _reconcile_once(str(sh.runs_root().resolve()))
     pages = [
-        st.Page(home, title="Home", icon="🏠", default=True, url_path="home"),
-        st.Page("app_pages/1_position_indices.py", title="Position indices", icon="🔢"),
-        st.Page("app_pages/2_bias_explorer.py", title="Bias explorer", icon="🎛️"),
-        st.Page("app_pages/3_attention_maps.py", title="Attention maps", icon="👁️"),
-        st.Page("app_pages/4_train.py", title="Train", icon="🏋️"),
-        st.Page("app_pages/5_checkpoints.py", title="Checkpoints & compare", icon="🗂️"),
+        st.Page(home, title="Home", icon=":material/home:", default=True, url_path="home"),
+        st.Page("app_pages/1_position_indices.py", title="Position indices", icon=":material/grid_on:"),
+        st.Page("app_pages/2_bias_explorer.py", title="Bias explorer", icon=":material/tune:"),
+        st.Page("app_pages/3_attention_maps.py", title="Attention maps", icon=":material/visibility:"),
+        st.Page("app_pages/4_train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/5_checkpoints.py", title="Checkpoints & compare", icon=":material/compare:"),
     ]
     page = st.navigation(pages)
     sidebar()

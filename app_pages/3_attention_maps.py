@@ -91,7 +91,7 @@ with sh.guard("compute the attention maps",
         return names[k] if names and k < len(names) else str(k)
 
     with c1:
-        st.image(picture, caption="input" + (f" · label: {name(res['label'])}" if res["label"] is not None
+        st.image(explore.upscale_nearest(picture, 160), caption="input" + (f" · label: {name(res['label'])}" if res["label"] is not None
                                               else ""), width=160)
         pw, pwo = res["probs_with"], res["probs_without"]
         st.caption(f"prediction with bias: **{name(int(pw.argmax()))}** ({pw.max():.0%}) · "

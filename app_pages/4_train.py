@@ -72,10 +72,10 @@ with sh.guard("read the presets", "check the configs/ folder"):
             run_dir = jobs.start_run(preset, overrides, runs_root=ROOT, name=name or None,
                                      max_concurrent=sh.MAX_CONCURRENT_RUNS)
         except jobs.RunLimitError as exc:
-            st.warning(f"**Not started:** {exc}.", icon="⏳")
+            st.warning(f"**Not started:** {exc}.", icon=":material/hourglass_top:")
         except (ValueError, TypeError) as exc:
             st.error(f"**These settings cannot train:** {exc}\n\n**What to do:** change the setting named "
-                     "above and press Start again.", icon="⚠️")
+                     "above and press Start again.", icon=":material/error:")
         else:
             st.session_state["tr_selected_pending"] = run_dir.name
             st.toast(f"Started {run_dir.name}")
@@ -144,7 +144,7 @@ def _runs_section() -> None:
         st.rerun(scope="app")
     if info["state"] == "failed" and info["error"]:
         st.error(f"**This run failed.** {info['error'][:2000]}\n\n**What to do:** read the log below, "
-                 "fix the setting it names, and start a new run.", icon="⚠️")
+                 "fix the setting it names, and start a new run.", icon=":material/error:")
     records = rundir.read_metrics(info["path"])
     if records:
         sh.plotly(viz.training_curves_figure({selected: records}), key="tr_curves")

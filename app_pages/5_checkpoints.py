@@ -29,16 +29,15 @@ NONE = "(none)"
 def tables_for(path: str, modified: float) -> dict:
     model, ckpt = sh._checkpoint_model(path, modified)
     cfg = ckpt.get("config", {})
-    rpbs = explore.rpb_modules(model)
     learned = explore.bias_tables(model)
-    initial = explore.initial_tables(cfg) if rpbs else []
-    first = rpbs[0] if rpbs else None
+    initial = explore.initial_tables(cfg) if learned else []
+    geometry = explore.table_geometry(model)
     return {
         "config": cfg,
         "learned": learned,
         "initial": initial,
-        "window_size": first.window_size if first is not None and first.bias_type == "2d" else None,
-        "seq_len": first.seq_len if first is not None and first.bias_type == "1d" else None,
+        "window_size": geometry["window_size"],
+        "seq_len": geometry["seq_len"],
         "epoch": ckpt.get("epoch"),
         "metrics": ckpt.get("metrics", {}),
     }
@@ -61,7 +60,7 @@ with st.expander("Upload a checkpoint", expanded=False):
             saved = explore.save_upload(up.getvalue(), up.name, ROOT)
         except (ValueError, TypeError, OSError) as exc:
             st.error(f"**Upload refused.** {exc}\n\n**What to do:** upload a best.pt or last.pt written by "
-                     "relpos training.", icon="⚠️")
+                     "relpos training.", icon=":material/error:")
         else:
             st.success(f"Saved as {saved.parent.name}/{saved.name}; it is now in the lists below and the sidebar.")
 

@@ -36,7 +36,7 @@ def guard(what: str, todo: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback
-        st.error(f"**Could not {what}.** {exc}\n\n**What to do:** {todo}", icon="⚠️")
+        st.error(f"**Could not {what}.** {exc}\n\n**What to do:** {todo}", icon=":material/error:")
 
 
 def intro(text: str) -> None:

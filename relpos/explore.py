@@ -33,8 +33,8 @@ from relpos.attention import (
 )
 from relpos.jobs import list_presets, preset_path, sanitize_name
 from relpos.relative_position import (
-    BIAS_TYPES,
     RelativePositionBias,
+    alibi_slopes,
     get_relative_position_index_1d,
     get_relative_position_index_2d,
 )
@@ -72,8 +72,10 @@ MAX_IMAGE_UPLOAD_BYTES = 10 * 1024 * 1024
 UPLOADS_DIR = "uploads"
 #: Table presets a teacher can apply by hand. ``init`` is the module's own truncated-normal init;
 #: ``random`` a normal with std ``alpha``; ``locality`` ``-alpha * distance`` in every head;
-#: ``alibi`` ``-alpha * m_h * distance`` with ALiBi's geometric slopes ``m_h = 2^(-8 (h+1) / H)``.
+#: ``alibi`` ``-alpha * m_h * distance`` with ALiBi's head slopes ``m_h`` (:func:`alibi_slopes`).
 BIAS_PRESETS: tuple[str, ...] = ("init", "zeros", "random", "locality", "alibi")
+#: The bias families the explorer pages draw: learned tables over a 1D sequence or a 2D window.
+EXPLORE_BIAS_TYPES: tuple[str, ...] = ("2d", "1d")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 _FORWARD_LOCK = threading.RLock()
 
@@ -82,7 +84,7 @@ _FORWARD_LOCK = threading.RLock()
 
 
 def _check_size(bias_type: str, size: Any) -> tuple[int, int] | int:
-    check_choice("bias_type", bias_type, BIAS_TYPES)
+    check_choice("bias_type", bias_type, EXPLORE_BIAS_TYPES)
     if bias_type == "2d":
         return check_window_size("window_size", size, maximum=MAX_WINDOW_SIDE)
     return check_int("seq_len", size, maximum=MAX_SEQ_LEN)
@@ -162,12 +164,6 @@ def _distances(bias_type: str, size: Any) -> torch.Tensor:
     return offsets.abs()  # (T,)
 
 
-def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """ALiBi's geometric head slopes ``2^(-8 (h+1) / H)``, ``(H,)``."""
-    num_heads = check_int("num_heads", num_heads)
-    return torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)])
-
-
 def preset_table(
     preset: str,
     bias_type: str,
@@ -209,7 +205,7 @@ def preset_table(
         return torch.randn(t, num_heads, generator=gen) * alpha
     if preset == "locality":
         return (-alpha * dist)[:, None].expand(t, num_heads).clone()  # (T, H)
-    return -alpha * dist[:, None] * alibi_slopes(num_heads)[None, :]  # (T, H)
+    return -alpha * dist[:, None] * alibi_slopes(num_heads).float()[None, :]  # (T, H)
 
 
 def make_bias(
@@ -289,18 +285,43 @@ def rpb_modules(model: nn.Module) -> list[RelativePositionBias]:
     return [m for m in model.modules() if isinstance(m, RelativePositionBias)]
 
 
+def _table(m: RelativePositionBias) -> torch.Tensor:
+    # Every family reduces to a (T, H) table: learned, fixed (alibi) or computed (cpb).
+    return m.effective_table() if hasattr(m, "effective_table") else m.relative_position_bias_table
+
+
 def bias_tables(model: nn.Module) -> list[np.ndarray]:
     """One ``(T, H)`` table per layer (empty when the model has no relative position bias)."""
-    return [m.relative_position_bias_table.detach().cpu().numpy().copy() for m in rpb_modules(model)]
+    with torch.no_grad():
+        return [_table(m).detach().cpu().float().numpy().copy() for m in rpb_modules(model)]
 
 
 def layer_biases(model: nn.Module) -> list[np.ndarray]:
     """One ``(H, N, N)`` gathered bias per layer."""
     out = []
-    with torch.no_grad():
+    with _FORWARD_LOCK, torch.no_grad():
         for m in rpb_modules(model):
-            out.append(m._gather().detach().cpu().numpy().copy())
+            was_training = m.training
+            m.eval()
+            try:
+                out.append(m().detach().cpu().float().numpy().copy())
+            finally:
+                m.train(was_training)
     return out
+
+
+def table_geometry(model: nn.Module) -> dict:
+    """``{"bias_type", "window_size", "seq_len"}`` of the model's first bias (for drawing tables)."""
+    rpbs = rpb_modules(model)
+    if not rpbs:
+        return {"bias_type": None, "window_size": None, "seq_len": None}
+    m = rpbs[0]
+    two_d = m.bias_type in ("2d", "cpb") or (m.bias_type == "alibi" and m.window_size is not None)
+    return {
+        "bias_type": m.bias_type,
+        "window_size": m.window_size if two_d else None,
+        "seq_len": m.seq_len if m.bias_type in ("1d",) or (m.bias_type == "alibi" and not two_d) else None,
+    }
 
 
 def apply_bias_preset(model: nn.Module, preset: str, alpha: float = 1.0, seed: int = 0) -> nn.Module:
@@ -312,8 +333,14 @@ def apply_bias_preset(model: nn.Module, preset: str, alpha: float = 1.0, seed: i
         ValueError: the model has no relative position bias.
     """
     check_choice("preset", preset, BIAS_PRESETS)
-    if not rpb_modules(model):
+    rpbs = rpb_modules(model)
+    if not rpbs:
         raise ValueError("this model has no relative position bias: presets need use_relative_position=True")
+    if rpbs[0].bias_type not in EXPLORE_BIAS_TYPES:
+        raise ValueError(
+            f"table presets apply to learned '2d' and '1d' tables; this model uses bias_type "
+            f"{rpbs[0].bias_type!r}: choose 'as loaded'"
+        )
     new = copy.deepcopy(model).eval()
     for layer, m in enumerate(rpb_modules(new)):
         size = m.window_size if m.bias_type == "2d" else m.seq_len
@@ -450,6 +477,12 @@ def display_image(image: torch.Tensor) -> np.ndarray:
     lo, hi = x.min(), x.max()
     x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
     return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+
+
+def upscale_nearest(picture: np.ndarray, min_side: int = 160) -> np.ndarray:
+    """Blow a small ``(H, W, 3)`` picture up by an integer factor (nearest neighbour, crisp pixels)."""
+    k = max(1, -(-int(min_side) // max(1, min(picture.shape[:2]))))
+    return np.repeat(np.repeat(picture, k, axis=0), k, axis=1)  # (k*H, k*W, 3)
 
 
 def attention_maps(model: nn.Module, image: torch.Tensor, with_bias: bool = True) -> np.ndarray:

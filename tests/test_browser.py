@@ -1,0 +1,241 @@
+"""The app in a real browser: Streamlit server + headless Debian Chromium through Playwright.
+
+One server for the module (its own process group, killed by the fixture's finalizer), runs in a
+temporary runs root. Every page is opened from the sidebar, waited on until the script is idle,
+checked for exceptions and for its charts, and screenshotted under tests/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from relpos import jobs
+from relpos.explore import MAX_HEADS, MAX_WINDOW_SIDE
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("RELPOS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+# Page title in the sidebar -> (url path, minimum number of Plotly charts at defaults).
+PAGES = {
+    "Position indices": ("position_indices", 2),
+    "Bias explorer": ("bias_explorer", 7),
+    "Attention maps": ("attention_maps", 3),
+    "Train": ("train", 0),
+    "Checkpoints & compare": ("checkpoints", 0),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_runs(root: Path) -> None:
+    for child in root.iterdir() if root.is_dir() else []:
+        pid = jobs.run_pid(child) if child.is_dir() else None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
+    pytest.importorskip("playwright.sync_api")
+    runs_root = tmp_path_factory.mktemp("browser-runs")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "wb")
+    env = dict(os.environ, **{jobs.RUNS_ROOT_ENV: str(runs_root), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(f"server did not come up: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield {"url": base, "runs_root": runs_root, "log": Path(log.name)}
+    finally:
+        kill_runs(runs_root)
+        kill_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def wait_idle(pg, settle_ms: int = 400) -> None:
+    """Wait until the script has finished (checked twice, so a rerun that just began is seen)."""
+    for _ in range(2):
+        pg.wait_for_timeout(settle_ms)
+        pg.wait_for_selector(IDLE, timeout=120_000)
+
+
+def assert_no_exception(pg, where: str) -> None:
+    exceptions = pg.locator("[data-testid='stException']")
+    assert exceptions.count() == 0, f"{where}: {exceptions.first.inner_text()[:2000]}"
+    errors = pg.locator("[data-testid='stAlertContentError']")
+    assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
+
+
+def wait_charts(pg, minimum: int, timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    count = pg.locator(".js-plotly-plot").count()
+    while count < minimum and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
+        count = pg.locator(".js-plotly-plot").count()
+    return count
+
+
+def shot(pg, name: str, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def open_from_sidebar(pg, title: str) -> None:
+    pg.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+    wait_idle(pg)
+
+
+def set_number(pg, label: str, value: int) -> None:
+    box = pg.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(pg)
+
+
+def test_deep_link_first_gets_the_frame(server, page):
+    # The very first request to a fresh server is a page URL: the sidebar must still be there.
+    page.goto(f"{server['url']}/bias_explorer")
+    wait_idle(page)
+    assert_no_exception(page, "deep link")
+    assert page.locator("[data-testid='stSidebarNavLink']").count() == 6
+    assert page.get_by_text("Current model").count() >= 1
+    assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
+
+
+def test_every_page_from_the_sidebar(server, page):
+    page.goto(server["url"])
+    wait_idle(page)
+    assert_no_exception(page, "home")
+    assert page.locator("[data-testid='stSidebarNavLink']").count() == 6
+    shot(page, "0_home")
+    for i, (title, (_path, charts)) in enumerate(PAGES.items(), start=1):
+        open_from_sidebar(page, title)
+        assert_no_exception(page, title)
+        assert wait_charts(page, charts) >= charts, title
+        shot(page, f"{i}_{title.split()[0].lower()}")
+
+
+def test_largest_window(server, page):
+    page.goto(f"{server['url']}/position_indices")
+    wait_idle(page)
+    set_number(page, "Window height h", MAX_WINDOW_SIDE)
+    set_number(page, "Window width w", MAX_WINDOW_SIDE)
+    assert_no_exception(page, "indices 32x32")
+    assert wait_charts(page, 2) >= 2
+    shot(page, "1_indices_largest")
+    open_from_sidebar(page, "Bias explorer")
+    set_number(page, "Window height", MAX_WINDOW_SIDE)
+    set_number(page, "Window width", MAX_WINDOW_SIDE)
+    set_number(page, "Heads", MAX_HEADS)
+    assert_no_exception(page, "bias 32x32x16")
+    assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
+    shot(page, "2_bias_largest")
+
+
+def test_start_a_run_and_watch_its_curve(server, page):
+    page.goto(f"{server['url']}/train")
+    wait_idle(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
+    page.get_by_role("option", name="tiny", exact=True).click()
+    wait_idle(page)
+    page.get_by_test_id("stBaseButton-secondaryFormSubmit").or_(
+        page.get_by_test_id("stBaseButton-primaryFormSubmit")
+    ).first.click()
+    wait_idle(page)
+    # The fragment refreshes on its own: the curve appears without any click.
+    deadline = time.monotonic() + 240
+    while page.locator(".js-plotly-plot").count() == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    assert page.locator(".js-plotly-plot").count() >= 1, shot(page, "4_train_no_curve")
+    assert_no_exception(page, "train running")
+    deadline = time.monotonic() + 240
+    while page.get_by_text("done · epoch").count() == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    wait_idle(page)
+    assert page.get_by_text("done · epoch").count() >= 1
+    shot(page, "4_train_done")
+    # The finished run's checkpoint now shows on the checkpoints page.
+    open_from_sidebar(page, "Checkpoints & compare")
+    assert_no_exception(page, "checkpoints after a run")
+    assert wait_charts(page, 1) >= 1
+    shot(page, "5_checkpoints_after_run")
