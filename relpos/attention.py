@@ -38,12 +38,16 @@ __all__ = [
 #: Values of ``MultiHeadAttention(attn_impl=...)``.
 ATTN_IMPLS: tuple[str, ...] = ("auto", "sdpa", "explicit")
 
-# Token counts from which the fused kernel beats the explicit path on CPU. First sweep, 2 threads
-# (module level, 2D bias): eval at N=49 / 144 the explicit path was 1.4x / 1.3x faster, at N=196
-# even, at N=1024 SDPA 1.85x faster. In training a bias that needs a gradient sends SDPA's backward
-# to its math kernel, so the two are within ~15% up to N=256. benchmarks/ holds the full sweep.
-SDPA_MIN_TOKENS_EVAL = 196
+# Path choice, measured on this CPU (2 threads, module level, 2D bias; benchmarks/ and BENCHMARKS.md
+# hold the sweep). Without autograd the fused kernel with a 4D float mask (flash CPU kernel) beat
+# the explicit path at every size measured (N = 16 .. 4096), so eval always takes it. Note: a 3D
+# (H, N, N) mask sends SDPA to a slow path (2-2.5x slower at N = 196 .. 1024); it is always passed
+# as (1, H, N, N). In training a bias that needs a gradient takes the custom fused-explicit function
+# (_BiasedAttentionFunction) whenever dropout is inactive; SDPA (flash forward and backward) is used
+# in training only without such a bias, from SDPA_MIN_TOKENS_TRAIN tokens on.
+SDPA_MIN_TOKENS_EVAL = 1
 SDPA_MIN_TOKENS_TRAIN = 196
+BIASED_FUSED_MIN_TOKENS_TRAIN = 1
 
 
 def _check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -85,6 +89,74 @@ def _check_bias(bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> N
         )
 
 
+def _as_4d_mask(bias: torch.Tensor) -> torch.Tensor:
+    """View a ``(H, N, N)`` (or 2D) bias as ``(1, H, N, N)``: SDPA's CPU flash kernel takes a 4D
+    float mask directly, while a 3D one sent it to a path 2-2.5x slower (torch 2.13, measured)."""
+    if bias.dim() >= 4:
+        return bias
+    return bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (1, H, N, N) view
+
+
+class _BiasedAttentionFunction(torch.autograd.Function):
+    """``softmax(q k^T * scale + bias) v`` with a hand-written backward (no dropout).
+
+    Why: SDPA's backward falls back to its math kernel when the float mask needs a gradient, and
+    plain autograd keeps several ``(B, H, N, N)`` temporaries. Here the forward writes the logits
+    once (bias copied into the buffer, then ``baddbmm_`` adds ``scale * q k^T``), takes the softmax
+    in place and saves only ``P``; the backward computes ``dS = P * (dP - rowsum(dP * P))`` in place
+    of ``dP`` and sums it over the batch for the bias (a view when ``B == 1``).
+
+    Inputs: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, ``bias`` broadcastable to
+    ``(B, H, Nq, Nk)`` in ``q``'s dtype, ``scale`` a float. Output ``(B, H, Nq, D)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):  # type: ignore[override]
+        B, H, Nq, D = q.shape
+        Nk = k.shape[2]
+        qf = q.reshape(B * H, Nq, D)  # (BH, Nq, D)
+        kf = k.reshape(B * H, Nk, D)  # (BH, Nk, D)
+        vf = v.reshape(B * H, Nk, v.shape[-1])  # (BH, Nk, Dv)
+        logits = torch.empty(B, H, Nq, Nk, dtype=q.dtype, device=q.device)
+        logits.copy_(bias.expand(B, H, Nq, Nk))
+        logits = logits.view(B * H, Nq, Nk).baddbmm_(qf, kf.transpose(1, 2), alpha=scale)  # (BH, Nq, Nk)
+        # Row-wise kernel over the last dim: reading a row fully before writing it, so in place is safe.
+        probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # (BH, Nq, Nk)
+        out = torch.bmm(probs, vf)  # (BH, Nq, Dv)
+        ctx.save_for_backward(qf, kf, vf, probs)
+        ctx.scale = scale
+        ctx.dims = (B, H, Nq, Nk)
+        ctx.shapes = (q.shape, k.shape, v.shape, bias.shape)
+        return out.view(B, H, Nq, v.shape[-1])  # (B, H, Nq, Dv)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        qf, kf, vf, probs = ctx.saved_tensors
+        B, H, Nq, Nk = ctx.dims
+        q_shape, k_shape, v_shape, bias_shape = ctx.shapes
+        need_q, need_k, need_v, need_bias, _ = ctx.needs_input_grad
+        g = grad_out.reshape(B * H, Nq, grad_out.shape[-1])  # (BH, Nq, Dv)
+        grad_q = grad_k = grad_v = grad_bias = None
+        if need_v:
+            grad_v = torch.bmm(probs.transpose(1, 2), g).view(v_shape)  # (B, H, Nk, Dv)
+        if need_q or need_k or need_bias:
+            d = torch.bmm(g, vf.transpose(1, 2))  # (BH, Nq, Nk): dP
+            # dS = P * (dP - rowsum(dP * P)), written over dP (row-wise kernel, as in the forward).
+            d = torch.ops.aten._softmax_backward_data.out(d, probs, -1, probs.dtype, grad_input=d)
+            if need_q:
+                grad_q = torch.bmm(d, kf * ctx.scale).view(q_shape)  # (B, H, Nq, D)
+            if need_k:
+                grad_k = torch.bmm(d.transpose(1, 2), qf * ctx.scale).view(k_shape)  # (B, H, Nk, D)
+            if need_bias:
+                d4 = d.view(B, H, Nq, Nk)
+                if B == 1 and len(bias_shape) == 3:
+                    grad_bias = d4[0]  # (H, Nq, Nk) view, no copy
+                else:
+                    grad_bias = d4.sum_to_size(bias_shape)
+        return grad_q, grad_k, grad_v, grad_bias, None
+
+
 class ScaledDotProductAttention(nn.Module):
     """Explicit scaled dot-product attention that returns its weights.
 
@@ -96,7 +168,10 @@ class ScaledDotProductAttention(nn.Module):
     ``forward(query, key, value, relative_position_bias=None, need_weights=True)`` takes
     ``(B, H, N, D)`` tensors and a bias broadcastable to ``(B, H, N, N)`` (usually ``(H, N, N)``),
     and returns ``(output (B, H, N, D), attn (B, H, N, N))``. ``attn`` are the softmax weights before
-    dropout. With ``need_weights=False`` it runs the fused kernel and returns ``(output, None)``.
+    dropout. With ``need_weights=False`` it returns ``(output, None)`` from a fused path: SDPA (bias
+    passed as a 4D float mask), or, when autograd needs gradients through a bias and dropout is
+    inactive, a custom autograd function with the bias add and softmax done in place and its own
+    backward (SDPA's backward would fall back to its math kernel for a mask that needs a gradient).
     """
 
     def __init__(self, scale: bool | float = True, dropout: float = 0.0) -> None:
@@ -129,12 +204,22 @@ class ScaledDotProductAttention(nn.Module):
             relative_position_bias = relative_position_bias.to(query.dtype)
         scale = self.scale_factor(query.shape[-1])
         if not need_weights:
+            dropout_p = self.dropout if self.training else 0.0
+            bias = relative_position_bias
+            if (
+                bias is not None
+                and dropout_p == 0.0
+                and torch.is_grad_enabled()
+                and any(t.requires_grad for t in (query, key, value, bias))
+            ):
+                out = _BiasedAttentionFunction.apply(query, key, value, bias, scale)  # (B, H, N, D)
+                return out, None
             out = F.scaled_dot_product_attention(
                 query,
                 key,
                 value,
-                attn_mask=relative_position_bias,
-                dropout_p=self.dropout if self.training else 0.0,
+                attn_mask=None if bias is None else _as_4d_mask(bias),
+                dropout_p=dropout_p,
                 scale=scale,
             )  # (B, H, N, D)
             return out, None
@@ -208,22 +293,33 @@ class MultiHeadAttention(nn.Module):
         self._force_weights = False
         self._bias_disabled = False
 
-    def _use_sdpa(self, num_tokens: int) -> bool:
+    def _use_sdpa(self, num_tokens: int, bias: torch.Tensor | None = None) -> bool:
+        """Whether to call the attention with ``need_weights=False`` (a fused path)."""
         if self._force_weights or self.attn_impl == "explicit":
             return False
         if self.attn_impl == "sdpa":
             return True
-        threshold = SDPA_MIN_TOKENS_TRAIN if torch.is_grad_enabled() else SDPA_MIN_TOKENS_EVAL
-        return num_tokens >= threshold
+        if not torch.is_grad_enabled():
+            return num_tokens >= SDPA_MIN_TOKENS_EVAL
+        dropout_active = self.training and self.attention.dropout > 0.0
+        if bias is not None and not dropout_active:
+            return num_tokens >= BIASED_FUSED_MIN_TOKENS_TRAIN
+        return num_tokens >= SDPA_MIN_TOKENS_TRAIN
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, C) -> (B, N, C)``."""
+    def forward(
+        self, x: torch.Tensor, relative_position_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, N, C) -> (B, N, C)``.
+
+        ``relative_position_bias``: optional ``(H, N, N)`` bias from outside (e.g. one bias shared by
+        all blocks), used instead of this layer's own; zeroed like it by the bias-disabled switch.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.embed_dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, N, {self.embed_dim}), got {shape}")
         B, N, C = x.shape
-        bias = None
-        if self.relative_position_bias is not None and not self._bias_disabled:
+        bias = None if self._bias_disabled else relative_position_bias
+        if bias is None and self.relative_position_bias is not None and not self._bias_disabled:
             n_bias = self.relative_position_bias.num_tokens
             if N != n_bias:
                 raise ValueError(
@@ -234,7 +330,8 @@ class MultiHeadAttention(nn.Module):
             bias = self.relative_position_bias()  # (H, N, N)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
-        out, _ = self.attention(q, k, v, bias, need_weights=not self._use_sdpa(N))  # (B, H, N, D)
+        fused = self._use_sdpa(N, bias)
+        out, _ = self.attention(q, k, v, bias, need_weights=not fused)  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(out))
 
