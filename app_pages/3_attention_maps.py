@@ -26,13 +26,12 @@ def maps_for(source: str, modified: float, table: str, alpha: float, sample: int
     model, cfg = sh.load_source(source)
     if table != "as loaded":
         model = explore.apply_bias_preset(model, table, alpha=alpha)  # a copy; the cache stays intact
-    data = cfg.get("data", {})
     if upload is not None:
-        image = explore.image_from_upload(upload, int(data.get("img_size", 32)),
-                                          int(data.get("in_channels", 3)))
-        label = None
+        embed = model.patch_embed
+        image = explore.image_from_upload(upload, embed.img_size[0], embed.in_channels)
+        label, classes = None, explore.dataset_classes(cfg)
     else:
-        image, label = explore.sample_input(cfg, sample)
+        image, label, classes = explore.sample_input(cfg, sample)
     return {
         "picture": explore.display_image(image),
         "label": label,
@@ -40,7 +39,7 @@ def maps_for(source: str, modified: float, table: str, alpha: float, sample: int
         "without": explore.attention_maps(model, image, with_bias=False),
         "probs_with": explore.predict(model, image),
         "probs_without": explore.predict(model, image, with_bias=False),
-        "class_names": explore.class_names(cfg),
+        "class_names": classes,
     }
 
 

@@ -427,14 +427,24 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval().requires_grad_(False), ckpt
 
 
-def sample_input(cfg: dict, index: int = 0, split: str = "val") -> tuple[torch.Tensor, int]:
-    """Sample ``index`` of the config's dataset: ``(image (C, H, W), label)``."""
+def sample_input(cfg: dict, index: int = 0, split: str = "val") -> tuple[torch.Tensor, int, tuple[str, ...]]:
+    """Sample ``index`` of the config's dataset: ``(image (C, H, W), label, class names)``."""
     from relpos.data import build_dataset
 
     dataset = build_dataset(cfg, split)
     index = check_int("index", index, minimum=0, maximum=len(dataset) - 1)
     image, label = dataset[index]
-    return image, int(label)
+    return image, int(label), tuple(getattr(dataset, "classes", ()))
+
+
+def dataset_classes(cfg: dict) -> tuple[str, ...]:
+    """Class names of the config's dataset, or ``()`` when the dataset cannot be built here."""
+    from relpos.data import build_dataset
+
+    try:
+        return tuple(getattr(build_dataset(cfg, "val"), "classes", ()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
 
 
 def image_from_upload(data: bytes, img_size: int, in_channels: int) -> torch.Tensor:
@@ -509,19 +519,6 @@ def predict(model: nn.Module, image: torch.Tensor, with_bias: bool = True) -> np
             return model(image[None]).softmax(-1)[0].numpy()
         finally:
             model.train(was_training)
-
-
-def class_names(cfg: dict) -> list[str] | None:
-    """Readable class names of a config's dataset (directions for ``relational``, digits), or None."""
-    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
-    dataset, k = data.get("dataset"), data.get("num_classes")
-    if dataset == "relational":
-        from relpos.data.relational import DIRECTION_NAMES
-
-        return list(DIRECTION_NAMES.get(k, ())) or None
-    if dataset == "digits":
-        return [str(d) for d in range(10)]
-    return None
 
 
 # --------------------------------------------------------------------------- checkpoints and uploads

@@ -290,3 +290,25 @@ def test_no_scripts_in_a_pages_folder():
     # Streamlit runs a folder named pages/ in its old multipage mode on a deep link to a page
     # before app.py's st.navigation is reached: the frame and sidebar would be skipped.
     assert not list((ROOT / "pages").glob("*.py")), "keep page scripts in app_pages/, not pages/"
+
+
+def test_a_broken_checkpoint_shows_a_readable_error(runs_root):
+    run = runs_root / "20260101-000000-broken"
+    rundir.update_status(run, state="done", created_at=time.time())
+    (run / "best.pt").write_bytes(b"this is not a checkpoint")
+    at = new_app().run()
+    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(run / "best.pt")).run()
+    assert not at.exception
+    assert any("What to do" in e.value for e in at.sidebar.error)
+    for page in ("attention", "checkpoints"):
+        at.switch_page(PAGES[page]).run()
+        assert not at.exception, page
+        assert any("What to do" in e.value for e in at.error), page
+
+
+def test_upload_refuses_a_non_checkpoint(runs_root):
+    at = open_page(new_app().run(), "checkpoints")
+    at.file_uploader(key="ck_upload").upload("../../evil.pt", b"not a checkpoint").run()
+    assert not at.exception
+    assert any("Upload refused" in e.value for e in at.error)
+    assert not (runs_root / "uploads").exists() or not list((runs_root / "uploads").iterdir())
