@@ -21,15 +21,18 @@ st.latex(r"\mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + B\right),\quad "
          r"\text{locality: } \mathrm{table}[r, h] = -\alpha\,\lVert(\Delta y, \Delta x)_r\rVert")
 
 
+# Cached per head: at the largest setting (32x32 window, 16 heads) the full bias is 64 MB, one
+# head's 4 MB, and st.cache_data copies what it returns on every hit.
 @st.cache_data(max_entries=16, show_spinner=False)
-def bias_data(kind, size, heads, init_std, seed, preset, alpha) -> dict[str, np.ndarray]:
+def bias_data(kind, size, heads, init_std, seed, preset, alpha, head) -> dict[str, np.ndarray]:
     rpb = explore.make_bias(kind, size, heads, init_std=init_std, seed=seed, preset=preset, alpha=alpha)
-    return explore.bias_arrays(rpb)
+    arrays = explore.bias_arrays(rpb, head=head)
+    return {"table": arrays["table"], "bias": arrays["bias"]}
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def demo_data(kind, size, heads, init_std, seed, preset, alpha, head, content_scale):
-    bias = bias_data(kind, size, heads, init_std, seed, preset, alpha)["bias"][head : head + 1]
+    bias = bias_data(kind, size, heads, init_std, seed, preset, alpha, head)["bias"]  # (1, N, N)
     with_b, without = explore.demo_attention(bias, seed=seed, content_scale=content_scale)
     return with_b[0], without[0]
 
@@ -67,18 +70,18 @@ with c4:
 win = size if kind == "2d" else None
 seq = size if kind == "1d" else None
 with sh.guard("compute the bias", "choose a smaller window, fewer heads, or another preset"):
-    data = bias_data(kind, size, heads, float(init_std), seed, preset, float(alpha))
-    table, bias = data["table"], data["bias"]
+    data = bias_data(kind, size, heads, float(init_std), seed, preset, float(alpha), head)
+    table, bias = data["table"], data["bias"][0]  # (T, H), (N, N) of the chosen head
     st.subheader("The table, per head")
     sh.plotly(viz.visualize_bias_table(table, window_size=win, seq_len=seq,
                                        title=f"Bias table ({preset}), {table.shape[0]} offsets × {heads} heads"),
               key="be_table")
     left, right = st.columns(2)
     with left:
-        sh.plotly(viz.visualize_relative_position_bias(bias[head], title=f"Full bias B, head {head}"),
+        sh.plotly(viz.visualize_relative_position_bias(bias, title=f"Full bias B, head {head}"),
                   key="be_bias")
     with right:
-        sh.plotly(viz.query_centric_figure(bias[head], query, grid,
+        sh.plotly(viz.query_centric_figure(bias, query, grid,
                                            title=f"Bias seen by query {query}, head {head}"),
                   key="be_query_bias")
 

@@ -230,14 +230,21 @@ def make_bias(
     return rpb.eval().requires_grad_(False)
 
 
-def bias_arrays(rpb: RelativePositionBias) -> dict[str, np.ndarray]:
-    """``{"table": (T, H), "bias": (H, N, N), "index": (N, N)}`` of a bias module, as numpy."""
+def bias_arrays(rpb: RelativePositionBias, head: int | None = None) -> dict[str, np.ndarray]:
+    """``{"table": (T, H), "bias": (H, N, N), "index": (N, N)}`` of a bias module, as numpy.
+
+    With ``head``, ``bias`` is that head's only, ``(1, N, N)`` (a 32x32 window with 16 heads is
+    64 MB in full).
+    """
     with torch.no_grad():
-        return {
-            "table": rpb.relative_position_bias_table.detach().numpy().copy(),
-            "bias": rpb().detach().numpy().copy(),
-            "index": rpb.relative_position_index.numpy().copy(),
-        }
+        table = _table(rpb).detach().float()  # (T, H)
+        index = rpb.relative_position_index
+        if head is None:
+            bias = rpb().detach().float()  # (H, N, N)
+        else:
+            head = check_int("head", head, minimum=0, maximum=rpb.num_heads - 1)
+            bias = table[:, head][index][None]  # (1, N, N)
+        return {"table": table.numpy().copy(), "bias": bias.numpy().copy(), "index": index.numpy().copy()}
 
 
 def demo_attention(
@@ -367,9 +374,10 @@ def model_summary(model: nn.Module) -> dict:
 
 def preset_config(preset: str) -> dict:
     """The resolved config of a preset (``configs/<preset>.yaml`` over the defaults)."""
-    from relpos.experiments.config import load_and_resolve  # type: ignore[attr-defined]
+    from relpos.experiments.config import resolve_config
+    from relpos.experiments.config_utils import load_config
 
-    return load_and_resolve(preset_path(preset))
+    return resolve_config(load_config(preset_path(preset)))
 
 
 def fresh_model(cfg: dict) -> nn.Module:

@@ -87,6 +87,10 @@ def test_make_bias_and_arrays_match_gather():
     # bias[h, i, j] == table[index[i, j], h]
     np.testing.assert_array_equal(bias, table[index].transpose(2, 0, 1))
     assert bias[0, 5, 5] == 0.0 and bias[0, 0, 11] == pytest.approx(-math.hypot(2, 3))
+    one = explore.bias_arrays(explore.make_bias("2d", (3, 4), 3, preset="random", seed=2), head=2)["bias"]
+    full = explore.bias_arrays(explore.make_bias("2d", (3, 4), 3, preset="random", seed=2))["bias"]
+    assert one.shape == (1, 12, 12)
+    np.testing.assert_array_equal(one[0], full[2])
 
 
 def test_demo_attention_shows_the_bias_effect():
