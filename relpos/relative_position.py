@@ -471,7 +471,7 @@ class RelativePositionBias(nn.Module):
         A resized table is a new ``nn.Parameter``: build optimizers after calling this.
 
         Args:
-            new_window: ``(h, w)`` for 2D families, an int ``L`` for 1D ones (without class token).
+            new_window: ``(h, w)`` for 2D families, the new ``seq_len`` (an int) for 1D ones.
             method: ``"bicubic"`` or ``"geometric"``.
         """
         from relpos.resize import RESIZE_METHODS, resize_relative_position_bias_table
