@@ -207,3 +207,43 @@ def test_table_difference_and_format_eta():
     assert explore.format_eta(12.4) == "12 s"
     assert explore.format_eta(None) == "–"
     assert explore.safe_download_name("../a b.pt") == "a-b.pt"
+
+
+def small_cfg(**model):
+    from relpos.experiments.config import resolve_config
+
+    return resolve_config({"data": {"num_train": 32, "num_val": 16},
+                           "model": {"embed_dim": 16, "depth": 2, "num_heads": 2, **model}})
+
+
+def test_fresh_model_is_seeded_and_frozen():
+    cfg = small_cfg()
+    a, b = explore.fresh_model(cfg), explore.fresh_model(cfg)
+    for ta, tb in zip(explore.bias_tables(a), explore.bias_tables(b)):
+        np.testing.assert_array_equal(ta, tb)
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    summary = explore.model_summary(a)
+    assert summary["depth"] == 2 and summary["num_heads"] == 2 and summary["bias_type"] == "2d"
+    assert summary["grid"] == (4, 4) and summary["num_tokens"] == 16
+    assert explore.table_geometry(a) == {"bias_type": "2d", "window_size": (4, 4), "seq_len": None}
+
+
+def test_sample_input_and_classes():
+    cfg = small_cfg()
+    image, label, classes = explore.sample_input(cfg, 3)
+    assert image.shape == (3, 16, 16) and 0 <= label < 4
+    assert classes == ("east", "north", "west", "south")
+    assert explore.dataset_classes(cfg) == classes
+    with pytest.raises(ValueError, match="index"):
+        explore.sample_input(cfg, 16)
+
+
+def test_check_run_settings_and_changed_overrides():
+    cfg = small_cfg()
+    assert explore.changed_overrides(cfg, {"model.depth": 2, "train.epochs": 3}) == {"train.epochs": 3}
+    resolved = explore.check_run_settings(cfg, {"model.depth": 1, "model.use_relative_position": False})
+    assert resolved["model"]["depth"] == 1 and resolved["model"]["use_relative_position"] is False
+    with pytest.raises(ValueError, match="patch_size|img_size"):
+        explore.check_run_settings(cfg, {"data.patch_size": 5})
+    with pytest.raises(ValueError, match="num_heads|embed_dim"):
+        explore.check_run_settings(cfg, {"model.num_heads": 3})
