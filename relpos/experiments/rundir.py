@@ -48,8 +48,12 @@ LAST_CKPT = "last.pt"
 BEST_CKPT = "best.pt"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (parents created)."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, before_replace=None) -> None:
+    """Write ``data`` to ``path`` atomically (parents created).
+
+    ``before_replace`` (tests only): called with the temporary file's path once it is written and
+    fsynced, just before ``os.replace``; used to simulate a crash between the two.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -58,6 +62,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
