@@ -531,8 +531,19 @@ class RelativePositionBias(nn.Module):
             self._cache = None
             return self._gather()
         key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._gather())
+        sources = self._table_sources()
+        cache = self._cache
+        # The key catches in-place updates (optimizer steps, load_state_dict), new tensors and
+        # .to(); the snapshot comparison (a few thousand numbers) also catches writes through
+        # ``.data``, which do not bump ``_version``.
+        if (
+            cache is None
+            or cache[0] != key
+            or len(cache) < 3
+            or not all(torch.equal(a, b) for a, b in zip(cache[2], sources))
+        ):
+            snapshot = [t.detach().clone() for t in sources]
+            self._cache = (key, self._gather(), snapshot)
         return self._cache[1]
 
     def extra_repr(self) -> str:
