@@ -78,10 +78,11 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
               key="be_table")
     left, right = st.columns(2)
     with left:
-        sh.plotly(viz.visualize_relative_position_bias(bias, title=f"Full bias B, head {head}"),
+        sh.plotly(viz.visualize_relative_position_bias(bias, title=f"Full bias B, head {head}",
+                                                        window_size=win, seq_len=seq),
                   key="be_bias")
     with right:
-        sh.plotly(viz.query_centric_figure(bias, query, grid,
+        sh.plotly(viz.query_centric_figure(bias, query, grid, cmap="coolwarm", zmid=0.0,
                                            title=f"Bias seen by query {query}, head {head}"),
                   key="be_query_bias")
 
@@ -98,7 +99,8 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
                   key="be_attn_without")
     a, b = st.columns(2)
     with a:
-        sh.plotly(viz.visualize_attention_weights(with_b, title="Attention with bias"), key="be_full_with")
+        sh.plotly(viz.visualize_attention_weights(with_b, title="Attention with bias", window_size=win, seq_len=seq), key="be_full_with")
     with b:
-        sh.plotly(viz.visualize_attention_weights(without, title="Attention without bias"),
+        sh.plotly(viz.visualize_attention_weights(without, title="Attention without bias", window_size=win,
+                                                  seq_len=seq),
                   key="be_full_without")

@@ -106,9 +106,10 @@ with sh.guard("compute the attention maps",
                                            title=f"Bias zeroed · layer {layer}, head {head}"),
                   key="am_query_without")
     st.subheader(f"All heads of layer {layer}")
-    sh.plotly(viz.visualize_attention_weights(maps_with[layer], title=f"Attention, layer {layer}, every head"),
+    sh.plotly(viz.visualize_attention_weights(maps_with[layer], title=f"Attention, layer {layer}, every head",
+                                               window_size=grid),
               key="am_heads")
     if summary["bias_type"] is not None:
-        sh.plotly(viz.difference_figure(maps_with[layer], maps_without[layer],
-                                        names=("with bias", "bias zeroed")),
+        sh.plotly(viz.difference_figure(maps_without[layer], maps_with[layer], kind="bias",
+                                        names=("bias zeroed", "with bias"), window_size=grid),
                   key="am_diff")

@@ -110,7 +110,8 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
         fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq,
                                                title=f"Learned table, layer {li}")
         sh.plotly(fig_learned, key="ck_learned")
-        fig_change = viz.difference_figure(learned, initial, names=("learned", "initial"), window_size=win)
+        fig_change = viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table",
+                                            window_size=win, seq_len=seq)
         sh.plotly(fig_change, key="ck_change")
 
     st.subheader("Downloads")
@@ -144,8 +145,8 @@ if b != NONE:
         if ta["learned"] and tb["learned"]:
             li = min(layer, len(ta["learned"]) - 1, len(tb["learned"]) - 1)
             explore.table_difference(ta["learned"][li], tb["learned"][li])  # readable error on mismatch
-            sh.plotly(viz.difference_figure(ta["learned"][li], tb["learned"][li],
-                                            names=(labels[a], labels[b]), window_size=win),
+            sh.plotly(viz.difference_figure(ta["learned"][li], tb["learned"][li], kind="table",
+                                            names=(labels[a], labels[b]), window_size=win, seq_len=seq),
                       key="ck_ab_diff")
         else:
             st.info("Table difference needs both checkpoints to have a relative position bias.")

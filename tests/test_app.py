@@ -95,6 +95,12 @@ def decode(value):
     return np.asarray(value, dtype=float)
 
 
+def heatmap_z(fig: dict, k: int = 0) -> np.ndarray:
+    """The ``k``-th heatmap trace's values of a figure JSON."""
+    traces = [t for t in fig["data"] if t.get("type") == "heatmap"]
+    return decode(traces[k]["z"])
+
+
 def open_page(at: AppTest, page: str) -> AppTest:
     at.switch_page(PAGES[page]).run()
     assert_clean(at, page)
@@ -129,7 +135,7 @@ def test_position_indices_widgets_and_chart_data(runs_root):
     at.number_input(key="pi_h").set_value(2)
     at.number_input(key="pi_w").set_value(2).run()
     assert_clean(at)
-    z = decode(charts(at)["pi_matrix"]["data"][0]["z"])
+    z = heatmap_z(charts(at)["pi_matrix"])
     np.testing.assert_array_equal(z, [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]])
     at.slider(key="pi_query").set_value(3)
     at.slider(key="pi_key").set_value(0).run()
@@ -140,7 +146,7 @@ def test_position_indices_widgets_and_chart_data(runs_root):
     assert_clean(at, "1d")
     at.number_input(key="pi_len").set_value(12).run()
     assert_clean(at, "1d len")
-    z = decode(charts(at)["pi_matrix"]["data"][0]["z"])
+    z = heatmap_z(charts(at)["pi_matrix"])
     np.testing.assert_array_equal(z, explore.index_matrix("1d", 12))
     at.radio(key="pi_kind").set_value("2d").run()
     at.number_input(key="pi_h").set_value(explore.MAX_WINDOW_SIDE)
@@ -164,7 +170,7 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
     rpb = explore.make_bias("2d", (3, 4), 2, preset="locality", alpha=2.0)
     ref = explore.bias_arrays(rpb)
     fig = charts(at)["be_bias"]
-    z = decode(fig["data"][0]["z"])
+    z = heatmap_z(fig)
     np.testing.assert_allclose(z, ref["bias"][0], rtol=1e-6, atol=1e-6)
     for key, value in [("be_head", 1), ("be_query", 5), ("be_content", 0.0), ("be_seed", 3),
                        ("be_init_std", 0.1)]:
@@ -192,8 +198,8 @@ def test_attention_page_widgets(runs_root):
         assert_clean(at, table)
     at.selectbox(key="am_table").set_value("zeros").run()
     figs = charts(at)
-    a = decode(figs["am_query_with"]["data"][0]["z"])
-    b = decode(figs["am_query_without"]["data"][0]["z"])
+    a = heatmap_z(figs["am_query_with"])
+    b = heatmap_z(figs["am_query_without"])
     np.testing.assert_allclose(a, b, atol=1e-6)  # a zero table is the same as no bias
     from PIL import Image
 
