@@ -1,0 +1,1055 @@
+"""Plotly figures of attention weights, relative position biases, tables, indices and runs.
+
+Tensors in, ``go.Figure`` out; no streamlit here (the app, the CLI and the tests are all clients).
+
+Shape legend: ``B`` batch, ``H`` heads, ``N`` tokens (``N = h * w`` for a 2D window, ``L`` for 1D),
+``T`` table rows (``(2h-1)(2w-1)`` in 2D, ``2L-1`` in 1D).
+
+Conventions (as in :mod:`relpos.relative_position`): tokens flattened row by row,
+``t -> (y, x) = (t // w, t % w)``; offset of query ``i`` and key ``j`` is
+``(Δy, Δx) = (y_i - y_j, x_i - x_j)`` and its table row is
+``r = (Δy + h - 1) * (2w - 1) + (Δx + w - 1)`` (1D: ``r = i - j + L - 1``).
+
+Habits that keep the app fast:
+
+* arrays go to Plotly as numpy (binary-encoded in the JSON), never as Python lists;
+* matrices above ``max_cells`` cells per side are block-averaged (the title says so);
+* several heads are small multiples on one shared colour axis (same range, one colorbar), laid
+  out by hand (``make_subplots`` alone costs tens of milliseconds);
+* per-cell hover data (token coordinates, offset, table row) is built once per window and cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from relpos._validation import check_choice, check_int, check_window_size
+from relpos.experiments.colormaps import is_diverging, resolve_colorscale
+
+__all__ = [
+    "SAVE_SUFFIXES",
+    "block_average",
+    "difference_figure",
+    "figure_payload_bytes",
+    "query_centric_figure",
+    "save_figure",
+    "training_curves_figure",
+    "visualize_attention_weights",
+    "visualize_bias_table",
+    "visualize_position_index",
+    "visualize_relative_position_bias",
+]
+
+#: File suffixes :func:`save_figure` writes.
+SAVE_SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg")
+
+_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+_RUN_COLORS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks and conversion
+
+
+def _to_numpy(name: str, value: Any, *, dtype: Any = np.float32) -> np.ndarray:
+    """A torch tensor or numpy array as a contiguous numpy array of ``dtype`` (a copy-free view
+    when it already is one). Anything else is a TypeError naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        if value.dtype in (torch.bfloat16, torch.float16, torch.bool):
+            value = value.float()
+        arr = value.numpy()
+    elif isinstance(value, np.ndarray):
+        arr = value
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+            raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {arr.dtype}")
+    else:
+        raise TypeError(
+            f"{name} must be a torch.Tensor or a numpy.ndarray, got {type(value).__name__}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _check_title(title: Any) -> str:
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a str, got {title!r} ({type(title).__name__})")
+    return title
+
+
+def _check_save_path(save_path: Any) -> Path | None:
+    if save_path is None:
+        return None
+    if not isinstance(save_path, (str, os.PathLike)):
+        raise TypeError(
+            f"save_path must be a str, a pathlib.Path or None, got {save_path!r} "
+            f"({type(save_path).__name__})"
+        )
+    return Path(save_path)
+
+
+def _as_heads(name: str, value: Any) -> tuple[np.ndarray, str | None]:
+    """``(N, N)``, ``(H, N, N)`` or ``(B, H, N, N)`` -> ``(H, N, N)`` float32 and a title note
+    (``B`` > 1 keeps batch element 0 and says so)."""
+    arr = _to_numpy(name, value)
+    note = None
+    if arr.ndim == 4:
+        if arr.shape[0] > 1:
+            note = f"batch element 0 of {arr.shape[0]}"
+        arr = arr[0]  # (H, N, N)
+    elif arr.ndim == 2:
+        arr = arr[None]  # (1, N, N)
+    elif arr.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (N, N), (H, N, N) or (B, H, N, N), got {tuple(arr.shape)}"
+        )
+    if arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(
+            f"{name} must be square in its last two dims (query x key), got {tuple(arr.shape)}"
+        )
+    return arr, note
+
+
+def _window_or_none(window_size: Any) -> tuple[int, int] | None:
+    return None if window_size is None else check_window_size("window_size", window_size)
+
+
+def _seq_len_or_none(seq_len: Any) -> int | None:
+    return None if seq_len is None else check_int("seq_len", seq_len)
+
+
+def _check_tokens(n: int, window: tuple[int, int] | None, seq_len: int | None, name: str) -> None:
+    if window is not None and seq_len is not None:
+        raise ValueError("pass window_size (2D) or seq_len (1D), not both")
+    if window is not None and window[0] * window[1] != n:
+        raise ValueError(
+            f"window_size {window} has {window[0] * window[1]} tokens but {name} has N = {n}"
+        )
+    if seq_len is not None and seq_len != n:
+        raise ValueError(f"seq_len {seq_len} does not match {name}'s N = {n}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Block averaging
+
+
+def _blocks(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.arange(0, n, k)
+    sizes = np.minimum(starts + k, n) - starts
+    return starts, sizes
+
+
+def block_average(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Mean-pool the last two dims of ``matrix`` over ``k x k`` blocks (a ragged last block is
+    averaged over the cells it has).
+
+    Args:
+        matrix: ``(..., N, M)`` array.
+        k: block side (``1`` returns the input).
+
+    Returns:
+        ``(..., ceil(N / k), ceil(M / k))`` float32 array.
+    """
+    k = check_int("k", k)
+    if k == 1:
+        return matrix
+    n, m = matrix.shape[-2:]
+    rs, rsz = _blocks(n, k)
+    cs, csz = _blocks(m, k)
+    summed = np.add.reduceat(np.add.reduceat(matrix, rs, axis=-2, dtype=np.float64), cs, axis=-1)
+    return (summed / np.outer(rsz, csz)).astype(np.float32)  # (..., n/k, m/k)
+
+
+def _block_factor(n: int, max_cells: int) -> int:
+    return max(1, math.ceil(n / max_cells))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-cell hover data, cached per window
+
+
+def _small_int(arr: np.ndarray) -> np.ndarray:
+    """The smallest signed int dtype that holds ``arr`` (smaller JSON payload)."""
+    hi = int(np.abs(arr).max()) if arr.size else 0
+    out = arr.astype(np.int8 if hi <= 127 else np.int16 if hi <= 32767 else np.int32)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_customdata_2d(h: int, w: int, with_row: bool) -> np.ndarray:
+    """``(N, N, 7)`` per query/key pair: ``y_i, x_i, y_j, x_j, Δy, Δx, r`` (``r`` only when
+    ``with_row``: an index figure shows ``r`` as its value)."""
+    t = np.arange(h * w)
+    ys, xs = t // w, t % w  # (N,), (N,)
+    n = h * w
+    yi = np.broadcast_to(ys[:, None], (n, n))
+    xi = np.broadcast_to(xs[:, None], (n, n))
+    yj = np.broadcast_to(ys[None, :], (n, n))
+    xj = np.broadcast_to(xs[None, :], (n, n))
+    dy, dx = yi - yj, xi - xj  # (N, N)
+    fields = [yi, xi, yj, xj, dy, dx]
+    if with_row:
+        fields.append((dy + h - 1) * (2 * w - 1) + (dx + w - 1))
+    return _small_int(np.stack(fields, axis=-1))  # (N, N, 6 or 7)
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_customdata_1d(seq_len: int, with_row: bool) -> np.ndarray:
+    """``(L, L, 2)`` per pair: offset ``i - j`` and table row ``r`` (or ``(L, L, 1)``)."""
+    pos = np.arange(seq_len)
+    off = pos[:, None] - pos[None, :]  # (L, L)
+    fields = [off, off + seq_len - 1] if with_row else [off]
+    return _small_int(np.stack(fields, axis=-1))  # (L, L, 2 or 1)
+
+
+_VALUE = "value = %{z:.4g}"
+#: Most raw bytes of per-cell hover data a query x key heatmap carries with the table row included.
+_HOVER_BUDGET_BYTES = 400_000
+
+
+def _pair_hover(
+    n: int,
+    window: tuple[int, int] | None,
+    seq_len: int | None,
+    index: np.ndarray | None,
+    *,
+    with_row: bool = True,
+    value: str = _VALUE,
+) -> tuple[np.ndarray | None, str]:
+    """Customdata and hovertemplate for an ``(N, N)`` query x key heatmap."""
+    if window is not None:
+        n_rows = (2 * window[0] - 1) * (2 * window[1] - 1)
+        if with_row and n_rows > 127 and n * n * 7 * 2 > _HOVER_BUDGET_BYTES:
+            # A table row needs int16 and so would every field (one dtype per array): for large
+            # windows (e.g. 14x14) keep coordinates and offset as int8 and leave the row out.
+            with_row = False
+        cd = _pair_customdata_2d(window[0], window[1], with_row and index is None)
+        if with_row and index is not None:
+            cd = _small_int(np.concatenate([cd, index[..., None]], axis=-1))  # (N, N, 7)
+        tpl = (
+            "query i = %{y} at (y, x) = (%{customdata[0]}, %{customdata[1]})<br>"
+            "key j = %{x} at (y, x) = (%{customdata[2]}, %{customdata[3]})<br>"
+            "offset (Δy, Δx) = (%{customdata[4]}, %{customdata[5]})<br>"
+        )
+        if with_row:
+            tpl += "table row r = %{customdata[6]}<br>"
+        return cd, tpl + value
+    if seq_len is not None:
+        cd = _pair_customdata_1d(seq_len, with_row and index is None)
+        if with_row and index is not None:
+            cd = _small_int(np.concatenate([cd, index[..., None]], axis=-1))  # (L, L, 2)
+        tpl = "query i = %{y}<br>key j = %{x}<br>offset i − j = %{customdata[0]}<br>"
+        if with_row:
+            tpl += "table row r = %{customdata[1]}<br>"
+        return cd, tpl + value
+    if with_row and index is not None:
+        return _small_int(index), "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>" + value
+    return None, "query i = %{y}<br>key j = %{x}<br>" + value
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout: small multiples on one shared colour axis
+
+
+def _grid_shape(n_panels: int, cols: int | None) -> tuple[int, int]:
+    if cols is None:
+        cols = min(n_panels, 4)
+    cols = check_int("cols", cols)
+    cols = min(cols, n_panels)
+    return math.ceil(n_panels / cols), cols
+
+
+def _axis_ids(k: int) -> tuple[str, str]:
+    """Trace refs (``"x"``, ``"y"``) of panel ``k`` (0-based)."""
+    return ("x", "y") if k == 0 else (f"x{k + 1}", f"y{k + 1}")
+
+
+def _grid_layout(
+    titles: Sequence[str],
+    *,
+    cols: int | None = None,
+    square: bool = True,
+    reverse_y: bool = True,
+    x_title: str | None = None,
+    y_title: str | None = None,
+    panel_px: int | None = None,
+) -> tuple[dict, list[tuple[str, str]]]:
+    """Axes, domains and panel titles for ``len(titles)`` panels in a grid (row-major).
+
+    Returns:
+        The layout dict (without ``title``) and each panel's trace axis refs.
+    """
+    n = len(titles)
+    rows, cols = _grid_shape(n, cols)
+    hgap = 0.06 if cols > 1 else 0.0
+    vgap = (0.10 if rows > 1 else 0.0) if n > 1 else 0.0
+    pw = (1.0 - hgap * (cols - 1)) / cols
+    ph = (1.0 - vgap * (rows - 1)) / rows
+    layout: dict[str, Any] = {}
+    refs = []
+    annotations = []
+    for k, text in enumerate(titles):
+        r, c = divmod(k, cols)
+        x0 = c * (pw + hgap)
+        y1 = 1.0 - r * (ph + vgap)
+        xr, yr = _axis_ids(k)
+        xname = "xaxis" if k == 0 else f"xaxis{k + 1}"
+        yname = "yaxis" if k == 0 else f"yaxis{k + 1}"
+        # Clamp: float error can put the last row's edge at -5e-17, which Plotly rejects.
+        xa: dict[str, Any] = {"domain": [max(0.0, x0), min(1.0, x0 + pw)], "anchor": yr}
+        ya: dict[str, Any] = {"domain": [max(0.0, y1 - ph), min(1.0, y1)], "anchor": xr}
+        if square:
+            ya.update(scaleanchor=xr, scaleratio=1, constrain="domain")
+            xa.update(constrain="domain")
+        if reverse_y:
+            ya["autorange"] = "reversed"
+        if x_title and r == rows - 1:
+            xa["title"] = {"text": x_title}
+        if y_title and c == 0:
+            ya["title"] = {"text": y_title}
+        layout[xname], layout[yname] = xa, ya
+        refs.append((xr, yr))
+        if n > 1 and text:
+            annotations.append(
+                {
+                    "text": text, "x": x0 + pw / 2, "y": y1, "xref": "paper", "yref": "paper",
+                    "xanchor": "center", "yanchor": "bottom", "showarrow": False,
+                    "font": {"size": 13},
+                }
+            )  # fmt: skip
+    if panel_px is None:
+        panel_px = 460 if n == 1 else 300 if n <= 4 else 240
+    layout["annotations"] = annotations
+    layout["width"] = int(cols * panel_px + 160)
+    layout["height"] = int(rows * (panel_px + 40) + 90)
+    layout["margin"] = {"l": 60, "r": 30, "t": 80, "b": 50}
+    return layout, refs
+
+
+def _color_range(values: np.ndarray, diverging: bool, zmid: float | None) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return (-1.0, 1.0) if diverging else (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if diverging:
+        mid = 0.0 if zmid is None else float(zmid)
+        half = max(abs(lo - mid), abs(hi - mid)) or 1e-12
+        return mid - half, mid + half
+    if lo == hi:
+        return lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _full_title(title: str, notes: Sequence[str | None]) -> str:
+    notes = [n for n in notes if n]
+    return title if not notes else f"{title} ({'; '.join(notes)})"
+
+
+def _coloraxis(colorscale: str, zmin: float, zmax: float, label: str | None) -> dict:
+    axis: dict[str, Any] = {"colorscale": colorscale, "cmin": zmin, "cmax": zmax}
+    if label:
+        axis["colorbar"] = {"title": {"text": label}}
+    return axis
+
+
+def _matrix_figure(
+    mats: np.ndarray,
+    *,
+    title: str,
+    notes: Sequence[str | None],
+    cmap: str,
+    zmid: float | None,
+    window: tuple[int, int] | None,
+    seq_len: int | None,
+    index: np.ndarray | None,
+    max_cells: int,
+    with_row: bool = True,
+    value_label: str = "value",
+    value_fmt: str = ".4g",
+    panel_titles: Sequence[str] | None = None,
+    cols: int | None = None,
+) -> go.Figure:
+    """Heatmaps of ``mats`` ``(H, N, N)`` (query rows, key columns) on one shared colour axis."""
+    max_cells = check_int("max_cells", max_cells, minimum=2)
+    colorscale = resolve_colorscale(cmap)
+    diverging = is_diverging(colorscale) or zmid is not None
+    n_heads, n = mats.shape[0], mats.shape[-1]
+    _check_tokens(n, window, seq_len, "the matrix")
+    notes = list(notes)
+    k = _block_factor(n, max_cells)
+    value = f"value = %{{z:{value_fmt}}}"
+    if k > 1:
+        mats = block_average(mats, k)  # (H, ceil(N/k), ceil(N/k))
+        starts, sizes = _blocks(n, k)
+        centres = (starts + (sizes - 1) / 2).astype(np.float32)  # block centres in token units
+        xs = ys = centres
+        cd = None
+        tpl = f"queries ≈ %{{y}}, keys ≈ %{{x}}<br>mean of a {k}×{k} block<br>{value}"
+        notes.append(f"block-averaged {k}×{k}: {n}×{n} → {mats.shape[-1]}×{mats.shape[-1]} cells")
+    else:
+        xs = ys = None
+        cd, tpl = _pair_hover(n, window, seq_len, index, with_row=with_row, value=value)
+    zmin, zmax = _color_range(mats, diverging, zmid)
+    if panel_titles is None:
+        panel_titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
+    layout, refs = _grid_layout(panel_titles, cols=cols, x_title="key j", y_title="query i")
+    traces = []
+    for h in range(n_heads):
+        xr, yr = refs[h]
+        traces.append(
+            go.Heatmap(
+                z=mats[h], x=xs, y=ys, customdata=cd, hovertemplate=tpl + f"<extra>{panel_titles[h]}</extra>",
+                coloraxis="coloraxis", zmin=zmin, zmax=zmax, xaxis=xr, yaxis=yr,
+            )
+        )  # fmt: skip
+    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, value_label)
+    layout["title"] = {"text": _full_title(title, notes), "x": 0.02}
+    return go.Figure(data=traces, layout=layout)
+
+
+def _finish(fig: go.Figure, save_path: Path | None) -> go.Figure:
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Public figure builders
+
+
+def visualize_attention_weights(
+    attn_weights: torch.Tensor | np.ndarray,
+    save_path: str | Path | None = None,
+    title: str = "Attention Weights",
+    cmap: str = "viridis",
+    *,
+    window_size: tuple[int, int] | int | None = None,
+    seq_len: int | None = None,
+    max_cells: int = 512,
+    cols: int | None = None,
+) -> go.Figure:
+    """Heatmap of attention weights (query rows, key columns), one panel per head.
+
+    Args:
+        attn_weights: ``(N, N)``, ``(H, N, N)`` or ``(B, H, N, N)`` (batch element 0 is drawn and
+            the title says so).
+        save_path: where to save the figure (``.html``, ``.png`` or ``.svg``), or None.
+        title: figure title.
+        cmap: matplotlib or Plotly colormap name.
+        window_size: ``(h, w)`` of the token grid (``N = h * w``): hover then shows token
+            coordinates, offset ``(Δy, Δx)`` and table row.
+        seq_len: ``L`` of a 1D sequence (``N = L``): hover shows offset ``i - j`` and table row.
+        max_cells: above this many cells per side the matrix is block-averaged (title says so).
+        cols: panels per row (default: up to 4).
+
+    Returns:
+        The figure; heads share one colour axis (same range, one colorbar).
+    """
+    title, path = _check_title(title), _check_save_path(save_path)
+    mats, note = _as_heads("attn_weights", attn_weights)
+    fig = _matrix_figure(
+        mats, title=title, notes=[note], cmap=cmap, zmid=None, window=_window_or_none(window_size),
+        seq_len=_seq_len_or_none(seq_len), index=None, max_cells=max_cells, value_label="weight",
+        cols=cols,
+    )  # fmt: skip
+    return _finish(fig, path)
+
+
+def visualize_relative_position_bias(
+    bias: torch.Tensor | np.ndarray,
+    save_path: str | Path | None = None,
+    title: str = "Relative Position Bias",
+    cmap: str = "coolwarm",
+    *,
+    window_size: tuple[int, int] | int | None = None,
+    seq_len: int | None = None,
+    index: torch.Tensor | np.ndarray | None = None,
+    max_cells: int = 512,
+    cols: int | None = None,
+) -> go.Figure:
+    """Heatmap of the gathered bias (query rows, key columns), one panel per head, centred at 0.
+
+    Args:
+        bias: ``(N, N)``, ``(H, N, N)`` or ``(B, H, N, N)``.
+        save_path: where to save the figure (``.html``, ``.png`` or ``.svg``), or None.
+        title: figure title.
+        cmap: matplotlib or Plotly colormap name; diverging scales are centred at 0.
+        window_size: ``(h, w)`` with ``N = h * w``: hover shows coordinates, offset, table row.
+        seq_len: ``L`` of a 1D sequence (``N = L``).
+        index: ``(N, N)`` relative position index whose rows the hover reports (default: the
+            Swin formula for ``window_size`` or the 1D formula for ``seq_len``).
+        max_cells: block-average above this many cells per side.
+        cols: panels per row.
+
+    Returns:
+        The figure.
+    """
+    title, path = _check_title(title), _check_save_path(save_path)
+    mats, note = _as_heads("bias", bias)
+    idx = None
+    if index is not None:
+        idx = _to_numpy("index", index, dtype=np.int64)
+        if idx.shape != mats.shape[-2:]:
+            raise ValueError(f"index must have shape {mats.shape[-2:]} like bias, got {idx.shape}")
+    colorscale = resolve_colorscale(cmap)
+    fig = _matrix_figure(
+        mats, title=title, notes=[note], cmap=colorscale,
+        zmid=0.0 if is_diverging(colorscale) else None, window=_window_or_none(window_size),
+        seq_len=_seq_len_or_none(seq_len), index=idx, max_cells=max_cells, value_label="bias",
+        cols=cols,
+    )  # fmt: skip
+    return _finish(fig, path)
+
+
+def _infer_table_geometry(
+    t: int, window: tuple[int, int] | None, seq_len: int | None
+) -> tuple[tuple[int, int] | None, int | None]:
+    """Resolve a table's geometry: explicit arguments first, then an odd square ``T`` -> square 2D
+    window, then an odd ``T`` -> 1D."""
+    if window is not None and seq_len is not None:
+        raise ValueError("pass window_size (2D) or seq_len (1D), not both")
+    if window is not None:
+        h, w = window
+        if (2 * h - 1) * (2 * w - 1) != t:
+            raise ValueError(
+                f"window_size {window} needs (2h-1)(2w-1) = {(2 * h - 1) * (2 * w - 1)} table rows, "
+                f"the table has {t}"
+            )
+        return window, None
+    if seq_len is not None:
+        if 2 * seq_len - 1 != t:
+            raise ValueError(f"seq_len {seq_len} needs 2L-1 = {2 * seq_len - 1} table rows, the table has {t}")
+        return None, seq_len
+    side = math.isqrt(t)
+    if side * side == t and side % 2 == 1 and side > 1:
+        return ((side + 1) // 2, (side + 1) // 2), None
+    if t % 2 == 1:
+        return None, (t + 1) // 2
+    raise ValueError(
+        f"cannot tell the geometry of a table with {t} rows: pass window_size=(h, w) with "
+        "(2h-1)(2w-1) rows or seq_len=L with 2L-1 rows"
+    )
+
+
+def _as_table(name: str, value: Any) -> np.ndarray:
+    arr = _to_numpy(name, value)
+    if arr.ndim == 1:
+        arr = arr[:, None]  # (T, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (T, H) (table rows x heads), got {tuple(arr.shape)}")
+    return arr
+
+
+def _table_figure(
+    table: np.ndarray,
+    *,
+    title: str,
+    notes: Sequence[str | None],
+    window: tuple[int, int] | None,
+    seq_len: int | None,
+    cmap: str,
+    value_label: str,
+    cols: int | None = None,
+) -> go.Figure:
+    """``table`` ``(T, H)`` as per-head offset grids (2D) or curves over offsets (1D)."""
+    t, n_heads = table.shape
+    window, seq_len = _infer_table_geometry(t, window, seq_len)
+    colorscale = resolve_colorscale(cmap)
+    diverging = is_diverging(colorscale)
+    if window is None:
+        assert seq_len is not None
+        offsets = np.arange(-(seq_len - 1), seq_len)  # (2L-1,): offset i - j of table row r
+        rows = np.arange(t)
+        traces = [
+            go.Scatter(
+                x=offsets, y=table[:, h], customdata=rows, mode="lines+markers", name=f"head {h}",
+                hovertemplate="offset i − j = %{x}<br>table row r = %{customdata}<br>"
+                f"{value_label} = %{{y:.4g}}<extra>head {h}</extra>",
+            )
+            for h in range(n_heads)
+        ]  # fmt: skip
+        layout = {
+            "title": {"text": _full_title(title, [*notes, f"1D, L = {seq_len}"]), "x": 0.02},
+            "xaxis": {"title": {"text": "offset i − j"}, "zeroline": True},
+            "yaxis": {"title": {"text": value_label}, "zeroline": True},
+            "width": 720, "height": 440, "hovermode": "closest",
+        }  # fmt: skip
+        return go.Figure(data=traces, layout=layout)
+
+    h_, w_ = window
+    gh, gw = 2 * h_ - 1, 2 * w_ - 1
+    grids = table.T.reshape(n_heads, gh, gw)  # (H, 2h-1, 2w-1): row r = (Δy+h-1)(2w-1) + (Δx+w-1)
+    dys = np.arange(-(h_ - 1), h_)  # (2h-1,)
+    dxs = np.arange(-(w_ - 1), w_)  # (2w-1,)
+    rows = _small_int(np.arange(t).reshape(gh, gw))  # (2h-1, 2w-1) table row of each cell
+    zmin, zmax = _color_range(grids, diverging, None)
+    titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
+    layout, refs = _grid_layout(titles, cols=cols, x_title="Δx = x_i − x_j", y_title="Δy = y_i − y_j")
+    tpl = (
+        "offset (Δy, Δx) = (%{y}, %{x})<br>table row r = %{customdata}<br>"
+        f"{value_label} = %{{z:.4g}}"
+    )
+    traces = []
+    for h in range(n_heads):
+        xr, yr = refs[h]
+        traces.append(
+            go.Heatmap(
+                z=grids[h], x=dxs, y=dys, customdata=rows, coloraxis="coloraxis", zmin=zmin, zmax=zmax,
+                hovertemplate=tpl + f"<extra>head {h}</extra>", xaxis=xr, yaxis=yr,
+            )
+        )  # fmt: skip
+    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, value_label)
+    layout["title"] = {"text": _full_title(title, [*notes, f"window {h_}×{w_}"]), "x": 0.02}
+    return go.Figure(data=traces, layout=layout)
+
+
+def visualize_bias_table(
+    bias_table: torch.Tensor | np.ndarray,
+    save_path: str | Path | None = None,
+    title: str = "Bias Table",
+    *,
+    window_size: tuple[int, int] | int | None = None,
+    seq_len: int | None = None,
+    cmap: str = "coolwarm",
+    cols: int | None = None,
+) -> go.Figure:
+    """The bias table per head: a 2D table as its ``(2h-1) x (2w-1)`` grid of offsets, a 1D table
+    as a curve over offsets ``-(L-1) .. L-1``.
+
+    Args:
+        bias_table: ``(T, H)`` (or ``(T,)`` for one head), e.g. ``relative_position_bias_table``.
+        save_path: where to save the figure (``.html``, ``.png`` or ``.svg``), or None.
+        title: figure title.
+        window_size: ``(h, w)`` of a 2D table (``T = (2h-1)(2w-1)``).
+        seq_len: ``L`` of a 1D table (``T = 2L-1``).
+            Neither given: ``T`` the square of an odd number -> square 2D window; other odd ``T``
+            -> 1D; otherwise ValueError.
+        cmap: matplotlib or Plotly colormap name (2D grids; diverging scales centred at 0).
+        cols: panels per row.
+
+    Returns:
+        The figure: grid cell ``(Δy, Δx)`` of head ``h`` shows
+        ``table[(Δy + h - 1)(2w - 1) + (Δx + w - 1), h]``.
+    """
+    title, path = _check_title(title), _check_save_path(save_path)
+    table = _as_table("bias_table", bias_table)
+    fig = _table_figure(
+        table, title=title, notes=[], window=_window_or_none(window_size),
+        seq_len=_seq_len_or_none(seq_len), cmap=cmap, value_label="bias", cols=cols,
+    )  # fmt: skip
+    return _finish(fig, path)
+
+
+def visualize_position_index(
+    index: torch.Tensor | np.ndarray,
+    *,
+    window_size: tuple[int, int] | int | None = None,
+    seq_len: int | None = None,
+    title: str = "Relative position index",
+    cmap: str = "viridis",
+    max_cells: int = 512,
+    save_path: str | Path | None = None,
+) -> go.Figure:
+    """The ``(N, N)`` relative position index as a heatmap whose hover decodes each cell.
+
+    Args:
+        index: ``(N, N)`` integer index (query rows, key columns).
+        window_size: ``(h, w)`` of a 2D window (hover: token coordinates and offset ``(Δy, Δx)``).
+        seq_len: ``L`` of a 1D sequence (hover: offset ``i - j``).
+            Neither given: recognised from the values when they match the 2D formula of a square
+            window or the 1D formula; otherwise the hover shows ``i``, ``j`` and the row only.
+        title: figure title.
+        cmap: matplotlib or Plotly colormap name.
+        max_cells: block-average above this many cells per side.
+        save_path: where to save the figure, or None.
+
+    Returns:
+        The figure (z is the index itself).
+    """
+    title, path = _check_title(title), _check_save_path(save_path)
+    idx = _to_numpy("index", index, dtype=np.int64)
+    if idx.ndim != 2 or idx.shape[0] != idx.shape[1]:
+        raise ValueError(f"index must have shape (N, N), got {tuple(idx.shape)}")
+    n = idx.shape[0]
+    window, seq_len = _window_or_none(window_size), _seq_len_or_none(seq_len)
+    if window is None and seq_len is None:
+        side = math.isqrt(n)
+        if side * side == n and np.array_equal(idx, _swin_index(side, side)):
+            window = (side, side)
+        elif np.array_equal(idx, _index_1d(n)):
+            seq_len = n
+    z = _small_int(idx)
+    fig = _matrix_figure(
+        z[None], title=title, notes=[], cmap=cmap, zmid=None, window=window, seq_len=seq_len,
+        index=None, max_cells=max_cells, with_row=False, value_label="table row r",
+        value_fmt="d" if _block_factor(n, max_cells) == 1 else ".1f",
+    )  # fmt: skip
+    # The index is an integer: say so in the hover's last line.
+    tr = fig.data[0]
+    tr.hovertemplate = tr.hovertemplate.replace("value = ", "table row r = ")
+    return _finish(fig, path)
+
+
+def _swin_index(h: int, w: int) -> np.ndarray:
+    cd = _pair_customdata_2d(h, w, True)
+    return cd[..., 6].astype(np.int64)  # (N, N)
+
+
+def _index_1d(n: int) -> np.ndarray:
+    pos = np.arange(n)
+    return pos[:, None] - pos[None, :] + n - 1  # (N, N)
+
+
+def _image_layer(image: Any, window: tuple[int, int]) -> dict[str, Any]:
+    """``go.Image`` arguments: the input image as an RGB PNG data URI stretched over the ``(h, w)``
+    grid (a PNG is a fraction of the size of the pixel array in the figure JSON)."""
+    arr = _to_numpy("image", image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # ambiguous tiny image: treat as (C, H, W) like torch
+    if arr.ndim == 2:
+        arr = arr[..., None]  # (H, W, 1)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must have shape (C, H, W) with C in 1, 3, 4, or (H, W); got {tuple(np.shape(image))}")
+    arr = arr[..., :3]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)  # (H, W, 3) grayscale -> RGB
+    finite = np.isfinite(arr)
+    lo = float(arr[finite].min()) if finite.any() else 0.0
+    hi = float(arr[finite].max()) if finite.any() else 1.0
+    scaled = np.nan_to_num((arr - lo) / (hi - lo if hi > lo else 1.0))
+    rgb = (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)  # (H, W, 3)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    hi_px, wi_px = rgb.shape[:2]
+    dy, dx = window[0] / hi_px, window[1] / wi_px  # grid cells per image pixel
+    return {"source": uri, "x0": -0.5 + dx / 2, "y0": -0.5 + dy / 2, "dx": dx, "dy": dy, "hoverinfo": "skip"}
+
+
+def query_centric_figure(
+    matrix: torch.Tensor | np.ndarray,
+    query: int,
+    window_size: tuple[int, int] | int,
+    *,
+    image: torch.Tensor | np.ndarray | None = None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    zmid: float | None = None,
+    opacity: float | None = None,
+    cols: int | None = None,
+    save_path: str | Path | None = None,
+) -> go.Figure:
+    """One query's row of a bias or attention matrix on the window grid, one panel per head.
+
+    Args:
+        matrix: ``(N, N)``, ``(H, N, N)`` or ``(B, H, N, N)`` with ``N = h * w``.
+        query: query token ``i`` in ``[0, N)`` (row-major: ``(y, x) = (i // w, i % w)``).
+        window_size: ``(h, w)`` of the token grid.
+        image: optional input image ``(C, H, W)`` or ``(H, W)`` drawn under a semi-transparent
+            heatmap (stretched over the grid, min-max normalised).
+        title: figure title (default names the query).
+        cmap: matplotlib or Plotly colormap name.
+        zmid: centre of a diverging scale (e.g. 0 for biases); None: data range.
+        opacity: heatmap opacity (default 0.55 over an image, else 1).
+        cols: panels per row.
+        save_path: where to save the figure, or None.
+
+    Returns:
+        The figure: panel ``h`` cell ``(y, x)`` is ``matrix[h, query, y * w + x]``; the query cell
+        is outlined.
+    """
+    mats, note = _as_heads("matrix", matrix)
+    window = check_window_size("window_size", window_size)
+    h_, w_ = window
+    n_heads, n = mats.shape[0], mats.shape[-1]
+    _check_tokens(n, window, None, "matrix")
+    query = check_int("query", query, minimum=0, maximum=n - 1)
+    qy, qx = divmod(query, w_)
+    if title is None:
+        title = f"Query i = {query} at (y, x) = ({qy}, {qx})"
+    title, path = _check_title(title), _check_save_path(save_path)
+    colorscale = resolve_colorscale(cmap)
+    if zmid is not None:
+        zmid = float(zmid)
+    grids = mats[:, query, :].reshape(n_heads, h_, w_)  # (H, h, w): key j = y * w + x
+    cd = _pair_customdata_2d(h_, w_, True)[query].reshape(h_, w_, -1)  # (h, w, 7) of pairs (i, j)
+    cd = np.ascontiguousarray(cd[..., 2:])  # (h, w, 5): y_j, x_j, Δy, Δx, r
+    keys = _small_int(np.arange(n).reshape(h_, w_))  # (h, w)
+    cd = _small_int(np.concatenate([keys[..., None].astype(np.int32), cd.astype(np.int32)], axis=-1))
+    tpl = (
+        f"query i = {query} at ({qy}, {qx})<br>"
+        "key j = %{customdata[0]} at (y, x) = (%{y}, %{x})<br>"
+        "offset (Δy, Δx) = (%{customdata[3]}, %{customdata[4]})<br>"
+        "table row r = %{customdata[5]}<br>value = %{z:.4g}"
+    )
+    zmin, zmax = _color_range(grids, zmid is not None or is_diverging(colorscale), zmid)
+    titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
+    layout, refs = _grid_layout(titles, cols=cols, x_title="x", y_title="y")
+    if opacity is None:
+        opacity = 0.55 if image is not None else 1.0
+    img_layer = _image_layer(image, window) if image is not None else None
+    traces: list[Any] = []
+    shapes = []
+    for h in range(n_heads):
+        xr, yr = refs[h]
+        if img_layer is not None:
+            traces.append(go.Image(**img_layer, xaxis=xr, yaxis=yr))
+        traces.append(
+            go.Heatmap(
+                z=grids[h], x=np.arange(w_), y=np.arange(h_), customdata=cd, opacity=opacity,
+                coloraxis="coloraxis", zmin=zmin, zmax=zmax, xaxis=xr, yaxis=yr,
+                hovertemplate=tpl + f"<extra>{titles[h] or 'value'}</extra>",
+            )
+        )  # fmt: skip
+        shapes.append(
+            {
+                "type": "rect", "xref": xr, "yref": yr, "x0": qx - 0.5, "x1": qx + 0.5,
+                "y0": qy - 0.5, "y1": qy + 0.5, "line": {"color": "black", "width": 3},
+            }
+        )  # fmt: skip
+    for k in range(n_heads):
+        xname = "xaxis" if k == 0 else f"xaxis{k + 1}"
+        yname = "yaxis" if k == 0 else f"yaxis{k + 1}"
+        layout[xname]["range"] = [-0.5, w_ - 0.5]
+        layout[yname]["range"] = [h_ - 0.5, -0.5]
+        layout[yname].pop("autorange", None)
+    layout["shapes"] = shapes
+    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, "value")
+    layout["title"] = {"text": _full_title(title, [note]), "x": 0.02}
+    return _finish(go.Figure(data=traces, layout=layout), path)
+
+
+def _has_number(records: Sequence[dict], key: str) -> bool:
+    return any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in records)
+
+
+def _metric_xy(records: Sequence[dict], key: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for r in records:
+        x, y = r.get(axis), r.get(key)
+        if isinstance(x, bool) or isinstance(y, bool):
+            continue
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(y):
+            xs.append(x)
+            ys.append(y)
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+def training_curves_figure(runs: Mapping[str, Sequence[dict]], *, title: str = "Training curves") -> go.Figure:
+    """Loss and accuracy of one or several runs, overlaid.
+
+    Args:
+        runs: run name -> its ``metrics.jsonl`` records (:func:`relpos.experiments.rundir.read_metrics`):
+            ``"kind": "step"`` lines give the train curves, ``"kind": "epoch"`` lines the eval
+            points (and the train curves when a run logged no steps). Missing keys, nulls and
+            empty lists are skipped.
+        title: figure title.
+
+    Returns:
+        A two-panel figure (loss, accuracy); one colour per run, solid train, dashed eval.
+    """
+    title = _check_title(title)
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"runs must be a dict of run name -> list of metric records, got {type(runs).__name__}")
+    layout, refs = _grid_layout(["loss", "accuracy"], cols=2, square=False, reverse_y=False, panel_px=380)
+    layout["height"] = 420
+    traces = []
+    any_points = False
+    cleaned: dict[str, list[dict]] = {}
+    for name, records in runs.items():
+        if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+            raise TypeError(f"runs[{name!r}] must be a list of dicts, got {type(records).__name__}")
+        cleaned[str(name)] = [r for r in records if isinstance(r, dict)]
+    # One x axis for every run: steps when every run with records logged them, else epochs.
+    with_data = [recs for recs in cleaned.values() if recs]
+    axis = "step" if with_data and all(_has_number(recs, "step") for recs in with_data) else "epoch"
+    for n_run, (name, records) in enumerate(cleaned.items()):
+        steps = [r for r in records if r.get("kind") == "step"]
+        epochs = [r for r in records if r.get("kind") == "epoch"]
+        if not steps and not epochs:
+            epochs = [r for r in records if "kind" not in r]
+        color = _RUN_COLORS[n_run % len(_RUN_COLORS)]
+        shown = False
+        for panel, metric in enumerate(("loss", "accuracy")):
+            xr, yr = refs[panel]
+            for split, recs, dash, mode in (
+                ("train", steps or epochs, "solid", "lines" if steps else "lines+markers"),
+                ("eval", epochs, "dash", "lines+markers"),
+            ):
+                xs, ys = _metric_xy(recs, f"{split}_{metric}", axis)
+                if xs.size == 0:
+                    continue
+                any_points = True
+                traces.append(
+                    go.Scatter(
+                        x=xs, y=ys, mode=mode, name=f"{name} · {split}", legendgroup=str(name),
+                        line={"color": color, "dash": dash}, xaxis=xr, yaxis=yr,
+                        showlegend=panel == 0 or not shown,
+                        hovertemplate=f"{name} · {split} {metric}<br>{axis} %{{x}}<br>%{{y:.4g}}<extra></extra>",
+                    )
+                )  # fmt: skip
+                shown = True
+    layout["xaxis"]["title"] = layout["xaxis2"]["title"] = {"text": axis}
+    layout["yaxis"]["title"] = {"text": "loss"}
+    layout["yaxis2"]["title"] = {"text": "accuracy"}
+    if not any_points:
+        layout["annotations"] = list(layout["annotations"]) + [
+            {"text": "no metrics yet", "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+             "showarrow": False, "font": {"size": 16, "color": "gray"}}
+        ]  # fmt: skip
+    layout["title"] = {"text": title, "x": 0.02}
+    return go.Figure(data=traces, layout=layout)
+
+
+def difference_figure(
+    a: torch.Tensor | np.ndarray,
+    b: torch.Tensor | np.ndarray,
+    *,
+    names: Sequence[str] = ("A", "B"),
+    window_size: tuple[int, int] | int | None = None,
+    seq_len: int | None = None,
+    kind: str = "auto",
+    title: str | None = None,
+    cmap: str = "coolwarm",
+    max_cells: int = 512,
+    cols: int | None = None,
+    save_path: str | Path | None = None,
+) -> go.Figure:
+    """Difference ``b - a`` of two tables or biases of equal shape, per head, centred at 0.
+
+    Args:
+        a, b: two tables ``(T, H)`` or two biases ``(N, N)`` / ``(H, N, N)`` / ``(B, H, N, N)``.
+        names: display names of ``a`` and ``b``.
+        window_size: ``(h, w)`` (2D table grid, or bias hover with ``N = h * w``).
+        seq_len: ``L`` for 1D tables or biases.
+        kind: ``"table"``, ``"bias"`` or ``"auto"`` (3 or 4 dims, or 2 square dims -> bias;
+            otherwise table).
+        title: figure title (default ``"B − A"`` with the names).
+        cmap: colormap name (a diverging one is the point: 0 sits in the middle).
+        max_cells: block-average biases above this many cells per side.
+        cols: panels per row.
+        save_path: where to save the figure, or None.
+
+    Returns:
+        The figure; the title carries ``max |b - a|``.
+    """
+    kind = check_choice("kind", kind, ("auto", "table", "bias"))
+    if isinstance(names, str) or not isinstance(names, Sequence) or len(names) != 2:
+        raise TypeError(f"names must be a pair of str, got {names!r}")
+    na, nb = (str(x) for x in names)
+    arr_a, arr_b = _to_numpy("a", a), _to_numpy("b", b)
+    if arr_a.shape != arr_b.shape:
+        raise ValueError(f"a and b must have the same shape, got a {arr_a.shape} and b {arr_b.shape}")
+    diff = arr_b - arr_a
+    if title is None:
+        title = f"{nb} − {na}"
+    title, path = _check_title(title), _check_save_path(save_path)
+    finite = diff[np.isfinite(diff)]
+    note = f"max |{nb} − {na}| = {float(np.abs(finite).max()) if finite.size else float('nan'):.3g}"
+    if kind == "auto":
+        kind = "bias" if diff.ndim >= 3 or (diff.ndim == 2 and diff.shape[0] == diff.shape[1]) else "table"
+    window, seq = _window_or_none(window_size), _seq_len_or_none(seq_len)
+    if kind == "table":
+        fig = _table_figure(
+            _as_table("b - a", diff), title=title, notes=[note], window=window, seq_len=seq,
+            cmap=cmap, value_label="difference", cols=cols,
+        )  # fmt: skip
+    else:
+        mats, bnote = _as_heads("b - a", diff)
+        fig = _matrix_figure(
+            mats, title=title, notes=[bnote, note], cmap=cmap, zmid=0.0, window=window, seq_len=seq,
+            index=None, max_cells=max_cells, value_label="difference", cols=cols,
+        )  # fmt: skip
+    return _finish(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def _find_browser() -> str:
+    """The Chrome/Chromium kaleido will use; sets ``BROWSER_PATH`` when it was unset."""
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        if Path(env).is_file() and os.access(env, os.X_OK):
+            return env
+        raise RuntimeError(
+            f"BROWSER_PATH={env!r} is not an executable file. Point BROWSER_PATH at a Chrome or "
+            "Chromium executable (e.g. /usr/bin/chromium), or unset it."
+        )
+    for name in _BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            os.environ["BROWSER_PATH"] = found
+            return found
+    raise RuntimeError(
+        "Saving a figure as PNG or SVG needs Chrome or Chromium (kaleido drives it) and none was "
+        "found on the PATH. Install Chromium (Debian/Ubuntu: `sudo apt-get install -y chromium`) "
+        "or set the BROWSER_PATH environment variable to a Chrome/Chromium executable; "
+        "or save as .html, which needs no browser."
+    )
+
+
+def save_figure(fig: go.Figure, save_path: str | Path) -> Path:
+    """Save ``fig`` by suffix: ``.html`` (self-contained, works offline), ``.png`` or ``.svg``
+    (through kaleido and Chrome/Chromium). Parent folders are created.
+
+    Args:
+        fig: the figure.
+        save_path: target file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: unknown suffix (the message lists the allowed ones).
+        RuntimeError: PNG/SVG asked for and no Chrome/Chromium found.
+    """
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
+    path = _check_save_path(save_path)
+    if path is None:
+        raise TypeError("save_path must be a str or pathlib.Path, got None")
+    suffix = path.suffix.lower()
+    if suffix not in SAVE_SUFFIXES:
+        raise ValueError(
+            f"save_path must end in one of {', '.join(SAVE_SUFFIXES)}, got {str(save_path)!r}"
+        )
+    if suffix != ".html":
+        _find_browser()  # before creating folders: fail fast with the install hint
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    else:
+        fig.write_image(path, format=suffix[1:])
+    return path
+
+
+def figure_payload_bytes(fig: go.Figure) -> int:
+    """Size of the figure's JSON in bytes (what the app sends to the browser per chart)."""
+    return len(fig.to_json().encode("utf-8"))
