@@ -153,10 +153,20 @@ def wait_charts(pg, minimum: int, timeout_s: float = 60) -> int:
     return count
 
 
-def shot(pg, name: str, full_page: bool = True) -> Path:
+def shot(pg, name: str) -> Path:
+    """Screenshot the whole page: Streamlit scrolls inside its own container, so grow the
+    viewport to the content's height first (then restore it)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=full_page)
+    size = pg.viewport_size
+    height = pg.evaluate(
+        "() => { const m = document.querySelector(\"[data-testid='stMainBlockContainer']\");"
+        " return m ? m.scrollHeight + 120 : document.body.scrollHeight; }"
+    )
+    pg.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height), 6000))})
+    pg.wait_for_timeout(600)  # let Plotly re-lay out
+    pg.screenshot(path=str(path))
+    pg.set_viewport_size(size)
     return path
 
 
