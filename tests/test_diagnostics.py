@@ -1,0 +1,117 @@
+"""Bias diagnostics against explicit small references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from relpos.diagnostics import (
+    attention_entropy,
+    attention_kl,
+    bias_diagnostics,
+    locality_score,
+    softmax_entropy,
+    symmetry_score,
+    token_distances,
+)
+from relpos.models.transformer import VisionTransformer
+from relpos.relative_position import RelativePositionBias
+
+torch.set_num_threads(1)
+
+
+def tiny_vit(**kw) -> VisionTransformer:
+    args = dict(img_size=8, patch_size=2, num_classes=3, embed_dim=8, depth=2, num_heads=2,
+                use_relative_position=True)
+    args.update(kw)
+    return VisionTransformer(**args)
+
+
+def test_token_distances():
+    d1 = token_distances(RelativePositionBias(num_heads=1, seq_len=3, bias_type="1d"))
+    assert d1.tolist() == [[0, 1, 2], [1, 0, 1], [2, 1, 0]]
+    d2 = token_distances(RelativePositionBias(num_heads=1, window_size=(2, 2), bias_type="2d_cls"))
+    assert d2.shape == (4, 4) and d2[0, 3].item() == pytest.approx(math.sqrt(2)) and d2[0, 1] == 1
+
+
+def test_locality_references():
+    dist = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    b = 0.7
+    bias = torch.tensor([[[0.0, b], [b, 0.0]]])  # (1, 2, 2)
+    # p(other token) = e^b / (1 + e^b) = sigmoid(b), at distance 1
+    assert locality_score(bias, dist).item() == pytest.approx(1 / (1 + math.exp(-b)))
+    rpb = RelativePositionBias(num_heads=1, seq_len=3, bias_type="1d")
+    d = token_distances(rpb)
+    zeros = torch.zeros(1, 3, 3)
+    assert locality_score(zeros, d).item() == pytest.approx(8 / 9)  # mean distance
+    assert locality_score(-d[None], d).item() < locality_score(zeros, d).item()
+    assert locality_score(-100 * d[None], d).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_symmetry_references():
+    sym = RelativePositionBias(num_heads=4, window_size=(3, 3), bias_type="alibi")()
+    torch.testing.assert_close(symmetry_score(sym), torch.ones(4, dtype=torch.float64))
+    one = RelativePositionBias(num_heads=1, seq_len=5, bias_type="1d")
+    with torch.no_grad():
+        one.relative_position_bias_table.copy_(torch.arange(-4.0, 5)[:, None])  # b(Δ) = Δ: antisymmetric
+    assert symmetry_score(one()).item() == pytest.approx(-1.0)
+    assert symmetry_score(torch.zeros(2, 4, 4)).tolist() == [1.0, 1.0]
+    # b(Δ) = Δ + |Δ|: half symmetric, half antisymmetric -> correlation 0 over pairs (Δ, -Δ)
+    with torch.no_grad():
+        off = torch.arange(-4.0, 5)
+        one.relative_position_bias_table.copy_((off + off.abs())[:, None])
+    x = one()[0]
+    ref = torch.corrcoef(torch.stack([x[~torch.eye(5, dtype=bool)], x.t()[~torch.eye(5, dtype=bool)]]))[0, 1]
+    assert symmetry_score(one()).item() == pytest.approx(ref.item())
+
+
+def test_entropy_and_kl_references():
+    uniform = torch.full((2, 3, 5, 5), 0.2)
+    torch.testing.assert_close(attention_entropy(uniform), torch.full((3,), math.log(5), dtype=torch.float64))
+    torch.testing.assert_close(softmax_entropy(torch.zeros(2, 7, 7)), torch.full((2,), math.log(7), dtype=torch.float64))
+    p = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
+    q = torch.tensor([0.9, 0.1]).view(1, 1, 1, 2)
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert attention_kl(p, q).item() == pytest.approx(expected)
+    assert attention_kl(p, p).item() == 0.0
+
+
+def test_bias_diagnostics_zero_bias_means_no_kl():
+    model = tiny_vit(rpb_kwargs={"init_std": 0.0})
+    x = torch.randn(2, 3, 8, 8)
+    diag = bias_diagnostics(model, x)
+    assert len(diag["biases"]) == 2 and len(diag["attention"]) == 2
+    assert diag["summary"]["diag/kl"] == pytest.approx(0.0, abs=1e-12)
+    assert diag["summary"]["diag/symmetry"] == 1.0
+    assert diag["summary"]["diag/locality_ratio"] == pytest.approx(1.0)
+    assert diag["summary"]["diag/bias_entropy"] == pytest.approx(math.log(16))
+    assert model.training  # mode restored
+
+
+def test_bias_diagnostics_local_bias_moves_attention():
+    model = tiny_vit()
+    for _, m in model.relative_position_biases():
+        d = token_distances(m).float()
+        with torch.no_grad():
+            # a table whose bias is -2 * distance in every head
+            off = torch.tensor([[dy, dx] for dy in range(-3, 4) for dx in range(-3, 4)], dtype=torch.float32)
+            m.relative_position_bias_table.copy_((-2 * off.norm(dim=1))[:, None].expand(-1, 2))
+        assert torch.allclose(m()[0], -2 * d, atol=1e-5)
+    diag = bias_diagnostics(model, torch.randn(2, 3, 8, 8))
+    s = diag["summary"]
+    assert s["diag/locality_ratio"] < 0.5 and s["diag/kl"] > 0.1
+    assert s["diag/entropy"] < s["diag/entropy_no_bias"]
+    assert set(s) == {"diag/locality", "diag/locality_ratio", "diag/symmetry", "diag/bias_entropy",
+                      "diag/kl", "diag/entropy", "diag/entropy_no_bias"}
+    assert all(isinstance(v, float) for v in s.values())
+
+
+def test_bias_diagnostics_shared_cls_and_no_inputs():
+    model = tiny_vit(share_bias=True, class_token=True, rpb_kwargs={"bias_type": "2d_cls"})
+    diag = bias_diagnostics(model)
+    assert [b["name"] for b in diag["biases"]] == ["rel_pos_bias"]
+    assert diag["attention"] == [] and "diag/kl" not in diag["summary"]
+    assert len(diag["biases"][0]["locality"]) == 2
+    assert bias_diagnostics(tiny_vit(use_relative_position=False))["summary"] == {}
