@@ -388,14 +388,14 @@ def _progress(status: Mapping[str, Any]) -> float:
 
 
 def _accuracy(status: Mapping[str, Any], records: list[dict]) -> float | None:
-    for key in ("val_accuracy", "best_val_accuracy", "accuracy", "best_accuracy"):
+    for key in ("eval_accuracy", "val_accuracy", "best_accuracy", "accuracy"):
         value = status.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     for record in reversed(records):
         if record.get("kind", "epoch") != "epoch":
             continue
-        for key in ("val_accuracy", "val_acc", "accuracy", "train_accuracy"):
+        for key in ("eval_accuracy", "val_accuracy", "accuracy", "train_accuracy"):
             value = record.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
