@@ -239,3 +239,38 @@ def test_set_window_size_other_families():
         t5.set_window_size((2, 2))
     with pytest.raises(ValueError, match="method must be one of"):
         cpb.set_window_size((4, 4), method="area")
+
+
+# ---------------------------------------------------------------- the resize lab
+def test_bias_at_offsets_reads_the_table():
+    from relpos.resize import bias_at_offsets
+
+    m = RelativePositionBias(num_heads=2, window_size=(3, 3), bias_type="2d_cls")
+    with torch.no_grad():
+        m.relative_position_bias_table.copy_(torch.arange(56.0).view(28, 2))
+    got = bias_at_offsets(m, ((0, 1), (-1, 0), (2, 2), (3, 0)))
+    # row of (dy, dx) = (dy + 2) * 5 + (dx + 2); (3, 0) is outside a 3x3 window
+    assert got == {(0, 1): [26.0, 27.0], (-1, 0): [14.0, 15.0], (2, 2): [48.0, 49.0]}
+    one = RelativePositionBias(num_heads=1, seq_len=4, bias_type="alibi")
+    assert bias_at_offsets(one, ((0, -2), (0, 1), (1, 0))) == {(0, -2): [-2 / 256], (0, 1): [-1 / 256]}
+
+
+def test_resize_lab_on_a_saved_checkpoint(tmp_path):
+    from relpos.experiments.checkpoint import save_checkpoint
+    from relpos.experiments.config import build_model, resolve_config
+    from relpos.experiments.config_utils import load_config
+    from relpos.resize import resize_lab
+
+    cfg = resolve_config(load_config("configs/tiny.yaml"))
+    model = build_model(cfg)
+    path = tmp_path / "best.pt"
+    save_checkpoint(model, None, 1, {}, path, config=cfg)
+    lab = resize_lab(str(path), 12, max_samples=16)
+    assert lab["old_grid"] == (4, 4) and lab["new_grid"] == (6, 6)
+    assert [r["model"] for r in lab["accuracy"]] == ["original", "bicubic", "bicubic, bias off", "geometric"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in lab["accuracy"])
+    assert lab["tables"]["original"].shape == (49, 2) and lab["tables"]["geometric"].shape == (121, 2)
+    assert {r["model"] for r in lab["offsets"]} == {"original", "bicubic", "geometric"}
+    assert any("resized (geometric)" in n for n in lab["notes"]["geometric"])
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        resize_lab(str(path), 13)
