@@ -211,7 +211,20 @@ def test_attention_page_widgets(runs_root):
     assert "am_query_with" in charts(at)
 
 
-def test_sidebar_choices_survive_page_switches(runs_root):
+TWO_LAYER_PRESET = """
+name: two
+seed: 0
+data: {dataset: relational, img_size: 8, patch_size: 2, mark_size: 1, num_train: 64, num_val: 32}
+model: {embed_dim: 16, depth: 2, num_heads: 2, use_relative_position: true, bias_type: 2d}
+train: {epochs: 1, batch_size: 32, device: cpu}
+"""
+
+
+def test_sidebar_choices_survive_page_switches(runs_root, tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "default.yaml").write_text(TWO_LAYER_PRESET)
+    monkeypatch.setenv(jobs.CONFIGS_DIR_ENV, str(configs))
     at = new_app().run()
     layers = at.sidebar.selectbox(key="sb_layer").options
     heads = at.sidebar.selectbox(key="sb_head").options
