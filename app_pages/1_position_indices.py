@@ -41,7 +41,7 @@ n = explore.num_tokens(kind, size)
 sh.clamp_state("pi_query", 0, n - 1)
 sh.clamp_state("pi_key", 0, n - 1)
 with c3:
-    query = st.slider("Query token i", 0, n - 1, min(n // 2, n - 1), key="pi_query") if n > 1 else 0
+    query = st.slider("Query token i", 0, n - 1, explore.center_token(grid), key="pi_query") if n > 1 else 0
     key_tok = st.slider("Key token j", 0, n - 1, 0, key="pi_key") if n > 1 else 0
 
 with sh.guard("draw the index", "choose a smaller window or sequence"):

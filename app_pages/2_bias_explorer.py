@@ -65,7 +65,7 @@ sh.clamp_state("be_head", 0, heads - 1)
 sh.clamp_state("be_query", 0, n - 1)
 with c4:
     head = st.slider("Head", 0, heads - 1, 0, key="be_head") if heads > 1 else 0
-    query = st.slider("Query token", 0, n - 1, n // 2, key="be_query") if n > 1 else 0
+    query = st.slider("Query token", 0, n - 1, explore.center_token(grid), key="be_query") if n > 1 else 0
 
 win = size if kind == "2d" else None
 seq = size if kind == "1d" else None

@@ -81,7 +81,7 @@ with sh.guard("compute the attention maps",
     grid = summary["grid"] if summary["grid"] else (1, n)
     sh.clamp_state("am_query", 0, n - 1)
     with c3:
-        query = st.slider("Query patch", 0, n - 1, n // 2, key="am_query") if n > 1 else 0
+        query = st.slider("Query patch", 0, n - 1, explore.center_token(grid), key="am_query") if n > 1 else 0
         st.caption(f"query {query} at (y, x) = {divmod(query, grid[1])} · layer {layer} · head {head}")
     picture = res["picture"]
     names = res["class_names"]

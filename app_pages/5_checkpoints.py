@@ -89,7 +89,9 @@ with sh.guard("list the checkpoints", f"check that {ROOT}/ is readable"):
     if st.session_state.get("ck_a") not in paths:
         st.session_state["ck_a"] = default_a if default_a in paths else paths[0]
     if st.session_state.get("ck_b") not in [NONE, *paths]:
-        st.session_state["ck_b"] = paths[1] if len(paths) > 1 else NONE
+        # Default B: the newest checkpoint of another run (two files of one run are rarely the point).
+        run_a = Path(st.session_state["ck_a"]).parent
+        st.session_state["ck_b"] = next((p for p in paths if Path(p).parent != run_a), NONE)
     c1, c2 = st.columns(2)
     a = c1.selectbox("Checkpoint A", paths, key="ck_a", format_func=labels.get)
     b = c2.selectbox("Checkpoint B (compare)", [NONE, *paths], key="ck_b",
@@ -106,7 +108,7 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
         li = min(layer, len(ta["learned"]) - 1)
         learned, initial = ta["learned"][li], ta["initial"][li]
         st.caption("Each small map is one head's table over offsets (Δy, Δx); the centre is offset (0, 0). "
-                   "Right: learned minus initial, i.e. what training changed.")
+                   "Below: learned minus initial, i.e. what training changed.")
         fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq,
                                                title=f"Learned table, layer {li}")
         sh.plotly(fig_learned, key="ck_learned")
@@ -132,6 +134,7 @@ if b != NONE:
     with sh.guard("compare A and B", "pick two checkpoints with the same window and number of heads"):
         tb = tables_for(b, sh.mtime(b))
         st.subheader("A and B side by side")
+        st.caption(f"A = {labels[a]} · B = {labels[b]}")
         curves = {}
         for path in (a, b):
             rd = run_dir_of(path)
@@ -146,7 +149,8 @@ if b != NONE:
             li = min(layer, len(ta["learned"]) - 1, len(tb["learned"]) - 1)
             explore.table_difference(ta["learned"][li], tb["learned"][li])  # readable error on mismatch
             sh.plotly(viz.difference_figure(ta["learned"][li], tb["learned"][li], kind="table",
-                                            names=(labels[a], labels[b]), window_size=win, seq_len=seq),
+                                            names=("A", "B"), window_size=win, seq_len=seq,
+                                            title=f"Table difference B − A, layer {li}"),
                       key="ck_ab_diff")
         else:
             st.info("Table difference needs both checkpoints to have a relative position bias.")

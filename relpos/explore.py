@@ -96,6 +96,12 @@ def num_tokens(bias_type: str, size: Any) -> int:
     return size[0] * size[1] if bias_type == "2d" else size  # type: ignore[index,return-value]
 
 
+def center_token(grid: tuple[int, int]) -> int:
+    """The token at the centre of an ``(h, w)`` grid (row-major), a good default query."""
+    h, w = check_window_size("grid", grid)
+    return (h // 2) * w + w // 2
+
+
 def index_matrix(bias_type: str, size: Any) -> np.ndarray:
     """The ``(N, N)`` relative position index of a 1D sequence (``size = L``) or 2D window (``(h, w)``)."""
     size = _check_size(bias_type, size)

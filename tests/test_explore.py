@@ -247,3 +247,9 @@ def test_check_run_settings_and_changed_overrides():
         explore.check_run_settings(cfg, {"data.patch_size": 5})
     with pytest.raises(ValueError, match="num_heads|embed_dim"):
         explore.check_run_settings(cfg, {"model.num_heads": 3})
+
+
+def test_center_token():
+    assert explore.center_token((3, 3)) == 4
+    assert explore.center_token((32, 32)) == 16 * 32 + 16
+    assert explore.center_token((1, 8)) == 4
