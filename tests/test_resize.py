@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from relpos.relative_position import (
 from relpos.resize import geometric_offsets, resize_relative_position_bias_table
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- references
@@ -261,7 +263,7 @@ def test_resize_lab_on_a_saved_checkpoint(tmp_path):
     from relpos.experiments.config_utils import load_config
     from relpos.resize import resize_lab
 
-    cfg = resolve_config(load_config("configs/tiny.yaml"))
+    cfg = resolve_config(load_config(ROOT / "configs" / "tiny.yaml"))
     model = build_model(cfg)
     path = tmp_path / "best.pt"
     save_checkpoint(model, None, 1, {}, path, config=cfg)
@@ -274,3 +276,24 @@ def test_resize_lab_on_a_saved_checkpoint(tmp_path):
     assert any("resized (geometric)" in n for n in lab["notes"]["geometric"])
     with pytest.raises(ValueError, match="multiple of the patch size"):
         resize_lab(str(path), 13)
+
+
+@pytest.mark.slow
+def test_resize_lab_page_renders(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from relpos.experiments.checkpoint import save_checkpoint
+    from relpos.experiments.config import build_model, resolve_config
+    from relpos.experiments.config_utils import load_config
+
+    cfg = resolve_config(load_config(ROOT / "configs" / "tiny.yaml"))
+    save_checkpoint(build_model(cfg), None, 1, {}, tmp_path / "tiny-run" / "best.pt", config=cfg)
+    monkeypatch.setenv("RELPOS_RUNS_ROOT", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT))  # the app frame puts app_pages on the path; alone we must
+    at = AppTest.from_file(str(ROOT / "app_pages" / "6_resize_lab.py"), default_timeout=120).run()
+    assert not at.exception and not at.error
+    acc = at.dataframe[0].value
+    assert list(acc["model"]) == ["original", "bicubic", "bicubic, bias off", "geometric"]
+    assert len(at.get("plotly_chart")) == 3
+    at.slider(key="rl_grid").set_value(3).run()
+    assert not at.exception and at.dataframe[0].value["img_size"].tolist()[1] == 6
