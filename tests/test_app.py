@@ -331,3 +331,49 @@ def test_upload_refuses_a_non_checkpoint(runs_root):
     assert not at.exception
     assert any("Upload refused" in e.value for e in at.error)
     assert not (runs_root / "uploads").exists() or not list((runs_root / "uploads").iterdir())
+
+
+def saved_checkpoint(path: Path, **model) -> Path:
+    """A relpos checkpoint of a fresh small model (no training needed)."""
+    from relpos.experiments.checkpoint import save_checkpoint
+    from relpos.experiments.config import resolve_config
+
+    cfg = resolve_config({"data": {"img_size": 8, "patch_size": 2, "mark_size": 1, "num_train": 64, "num_val": 32},
+                          "model": {"embed_dim": 16, "depth": 1, "num_heads": 2, **model}})
+    save_checkpoint(explore.fresh_model(cfg), None, 0, {}, path, config=cfg)
+    return path
+
+
+def test_upload_a_checkpoint_then_use_it_everywhere(runs_root, tmp_path):
+    data = saved_checkpoint(tmp_path / "mine.pt").read_bytes()
+    at = open_page(new_app().run(), "checkpoints")
+    at.file_uploader(key="ck_upload").upload("my model (v1).pt", data).run()
+    assert_clean(at, "upload")
+    stored = runs_root / explore.UPLOADS_DIR / "my-model-v1.pt"
+    assert stored.read_bytes() == data
+    assert any("Saved as" in s.value for s in at.success)
+    at.run()  # rerun: the same upload is not stored twice
+    assert len(list((runs_root / explore.UPLOADS_DIR).iterdir())) == 1
+    assert {"ck_learned", "ck_change"} <= set(charts(at))
+    # A fresh checkpoint's learned table equals its initial one: the change map is all zeros.
+    assert not np.any(heatmap_z(charts(at)["ck_change"]))
+    assert [d.key for d in at.get("download_button")] == ["ck_dl_ckpt", "ck_dl_cfg", "ck_dl_fig"]
+    source = "ckpt:" + str(stored)
+    assert "uploads/my-model-v1.pt" in at.sidebar.selectbox(key="sb_source").options  # shown labels
+    at.sidebar.selectbox(key="sb_source").set_value(source).run()
+    open_page(at, "attention")
+    assert {"am_query_with", "am_query_without", "am_heads", "am_diff"} <= set(charts(at))
+
+
+def test_model_without_bias_is_explained(runs_root, tmp_path):
+    (runs_root / explore.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "nobias.pt", use_relative_position=False)
+    at = new_app().run()
+    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    open_page(at, "attention")
+    assert "am_diff" not in charts(at)
+    at.selectbox(key="am_table").set_value("locality").run()
+    assert_clean(at, "preset on a model without bias")
+    assert any("no relative position bias" in w.value for w in at.warning)
+    open_page(at, "checkpoints")
+    assert any("no relative position bias" in i.value for i in at.info)
