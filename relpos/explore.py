@@ -422,6 +422,14 @@ def check_run_settings(cfg: dict, overrides: dict[str, Any]) -> dict:
     from relpos.experiments.config import apply_overrides, build_model, resolve_config
 
     new = resolve_config(apply_overrides(copy.deepcopy(cfg), [f"{k}={_yaml_value(v)}" for k, v in overrides.items()]))
+    data = new["data"]
+    side = data["img_size"] // data["patch_size"]
+    if side > MAX_WINDOW_SIDE:
+        raise ValueError(
+            f"data.img_size / data.patch_size = {data['img_size']} / {data['patch_size']} gives a "
+            f"{side}x{side} patch grid; the app trains at most {MAX_WINDOW_SIDE}x{MAX_WINDOW_SIDE} patches "
+            "(attention cost grows with the square of the number of patches): raise the patch size"
+        )
     with torch.random.fork_rng(devices=[]):
         build_model(new)
     return new

@@ -377,3 +377,16 @@ def test_model_without_bias_is_explained(runs_root, tmp_path):
     assert any("no relative position bias" in w.value for w in at.warning)
     open_page(at, "checkpoints")
     assert any("no relative position bias" in i.value for i in at.info)
+
+
+def test_app_start_marks_runs_of_dead_processes_failed(runs_root):
+    run = runs_root / "20260101-000000-orphan"
+    rundir.update_status(run, state="running", epoch=1, epochs=5, created_at=time.time())
+    rundir.atomic_write_json(run / jobs.PROCESS_FILE, {"pid": 2**22 + 4321})
+    (run / jobs.OUTPUT_LOG).write_text("epoch 1 ...\nKilled\n")
+    at = new_app().run()
+    assert rundir.read_status(run)["state"] == "failed"
+    at.switch_page(PAGES["train"]).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("This run failed" in e and "Killed" in e for e in errors), errors

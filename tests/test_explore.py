@@ -253,3 +253,10 @@ def test_center_token():
     assert explore.center_token((3, 3)) == 4
     assert explore.center_token((32, 32)) == 16 * 32 + 16
     assert explore.center_token((1, 8)) == 4
+
+
+def test_check_run_settings_limits_the_patch_grid():
+    cfg = small_cfg()
+    explore.check_run_settings(cfg, {"data.img_size": 64, "data.patch_size": 2})  # 32x32: allowed
+    with pytest.raises(ValueError, match="patch grid"):
+        explore.check_run_settings(cfg, {"data.img_size": 128, "data.patch_size": 2})
