@@ -32,6 +32,7 @@ __all__ = [
     "attention_entropy",
     "attention_kl",
     "bias_diagnostics",
+    "diagnostics_rows",
     "locality_score",
     "softmax_entropy",
     "symmetry_score",
@@ -176,3 +177,21 @@ def bias_diagnostics(model: nn.Module, inputs: torch.Tensor | tuple | None = Non
         for key in ("kl", "entropy", "entropy_no_bias"):
             summary[f"diag/{key}"] = mean(attention, key)
     return {"biases": biases, "attention": attention, "summary": summary}
+
+
+def diagnostics_rows(diag: dict) -> list[dict]:
+    """Flatten :func:`bias_diagnostics` output to rows ``{"layer", "head", "measure", "value"}``.
+
+    ``layer`` is the bias module's name for bias measures and the attention layer's name for
+    ``kl`` / ``entropy`` / ``entropy_no_bias`` (pivot on ``measure`` for a per-head table).
+    """
+    rows = []
+    for group, measures in (
+        ("biases", ("locality", "locality_ratio", "symmetry", "bias_entropy")),
+        ("attention", ("kl", "entropy", "entropy_no_bias")),
+    ):
+        for layer in diag.get(group, []):
+            for measure in measures:
+                for head, value in enumerate(layer[measure]):
+                    rows.append({"layer": layer["name"], "head": head, "measure": measure, "value": float(value)})
+    return rows

@@ -11,6 +11,7 @@ from relpos.diagnostics import (
     attention_entropy,
     attention_kl,
     bias_diagnostics,
+    diagnostics_rows,
     locality_score,
     softmax_entropy,
     symmetry_score,
@@ -115,3 +116,11 @@ def test_bias_diagnostics_shared_cls_and_no_inputs():
     assert diag["attention"] == [] and "diag/kl" not in diag["summary"]
     assert len(diag["biases"][0]["locality"]) == 2
     assert bias_diagnostics(tiny_vit(use_relative_position=False))["summary"] == {}
+
+
+def test_diagnostics_rows_long_format():
+    diag = bias_diagnostics(tiny_vit(depth=1), torch.randn(1, 3, 8, 8))
+    rows = diagnostics_rows(diag)
+    assert len(rows) == (4 + 3) * 2  # measures x heads
+    kl = [r for r in rows if r["measure"] == "kl"]
+    assert [r["layer"] for r in kl] == ["blocks.0.attn"] * 2 and [r["value"] for r in kl] == diag["attention"][0]["kl"]
