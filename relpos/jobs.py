@@ -68,6 +68,13 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
+def _reap_children() -> None:
+    """Collect the exit status of finished runs this process started (no zombies are left)."""
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            _CHILDREN.pop(pid, None)
+
+
 class RunLimitError(RuntimeError):
     """Starting a run would exceed the limit on concurrent runs."""
 
@@ -235,6 +242,7 @@ def is_alive(pid: int | None, run_dir: str | Path | None = None) -> bool:
     child = _CHILDREN.get(pid)
     if child is not None:
         if child.poll() is not None:  # reaps it
+            _CHILDREN.pop(pid, None)
             return False
         return True
     try:
@@ -437,6 +445,7 @@ def list_runs(runs_root: str | Path = "checkpoints") -> list[dict]:
     seconds), ``created``, ``error``, ``pid``, ``alive``. Directories without a ``status.json``
     (e.g. ``uploads/``) and symlinks are skipped.
     """
+    _reap_children()
     root = Path(runs_root)
     if not root.is_dir():
         return []

@@ -134,6 +134,14 @@ def test_start_run_reaches_done(fake_trainer, runs_root):
     assert rows[0]["state"] == "done" and rows[0]["progress"] == 1.0
     assert rows[0]["accuracy"] == pytest.approx(0.75)
     assert "fake trainer started" in jobs.log_tail(run_dir)
+    # The finished child was reaped by list_runs: no zombie left behind.
+    pid = jobs.run_pid(run_dir)
+    deadline = time.monotonic() + 10
+    while pid in jobs._CHILDREN and time.monotonic() < deadline:
+        jobs.list_runs(runs_root)
+        time.sleep(0.05)
+    assert pid not in jobs._CHILDREN
+    assert not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
 
 
 def test_concurrency_limit_and_unique_dirs(fake_trainer, runs_root, monkeypatch):
