@@ -64,15 +64,10 @@ FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {
     "cpb": ("cpb_hidden_dim", "pretrained_window_size"),
 }
 
+_OPTION_NAMES: tuple[str, ...] = tuple(sorted({o for opts in FAMILY_OPTIONS.values() for o in opts}))
+
 #: Every keyword ``RelativePositionBias`` accepts (what ``rpb_kwargs`` may hold).
-RPB_KWARGS: tuple[str, ...] = (
-    "num_heads",
-    "window_size",
-    "seq_len",
-    "bias_type",
-    "init_std",
-    *sorted({o for opts in FAMILY_OPTIONS.values() for o in opts}),
-)
+RPB_KWARGS: tuple[str, ...] = ("num_heads", "window_size", "seq_len", "bias_type", "init_std", *_OPTION_NAMES)
 
 #: Values of ``alibi_distance`` (only differ in 2D).
 ALIBI_DISTANCES: tuple[str, ...] = ("euclidean", "manhattan")
@@ -114,7 +109,7 @@ def check_rpb_kwargs(rpb_kwargs: dict) -> dict:
 
 def _check_family_options(bias_type: str, given: dict) -> None:
     foreign = sorted(
-        k for k in given if k in RPB_KWARGS[5:] and k not in FAMILY_OPTIONS[bias_type]
+        k for k in given if k in _OPTION_NAMES and k not in FAMILY_OPTIONS[bias_type]
     )
     if foreign:
         allowed = FAMILY_OPTIONS[bias_type]
