@@ -20,9 +20,11 @@ st.markdown(
 TABLE_CHOICES = ("as loaded", *[p for p in explore.BIAS_PRESETS if p != "init"])
 
 
+# Cached per layer: st.cache_data copies what it returns on every hit, and a 32x32 patch grid makes
+# each layer's maps 4 MB per head.
 @st.cache_data(max_entries=16, show_spinner="Running the model...")
 def maps_for(source: str, modified: float, table: str, alpha: float, sample: int,
-             upload: bytes | None) -> dict:
+             upload: bytes | None, layer: int) -> dict:
     model, cfg = sh.load_source(source)
     if table != "as loaded":
         model = explore.apply_bias_preset(model, table, alpha=alpha)  # a copy; the cache stays intact
@@ -35,8 +37,8 @@ def maps_for(source: str, modified: float, table: str, alpha: float, sample: int
     return {
         "picture": explore.display_image(image),
         "label": label,
-        "with": explore.attention_maps(model, image, with_bias=True),  # (L, H, N, N)
-        "without": explore.attention_maps(model, image, with_bias=False),
+        "with": explore.attention_maps(model, image, with_bias=True)[layer],  # (H, N, N)
+        "without": explore.attention_maps(model, image, with_bias=False)[layer],
         "probs_with": explore.predict(model, image),
         "probs_without": explore.predict(model, image, with_bias=False),
         "class_names": classes,
@@ -75,7 +77,8 @@ with sh.guard("compute the attention maps",
     if summary["bias_type"] is None and table != "as loaded":
         st.warning("This model has no relative position bias: the table presets do not apply.")
         table = "as loaded"
-    res = maps_for(source, sh.source_key(source)[1], table, float(alpha), sample, upload_bytes)
+    layer = min(layer, max(0, int(summary["depth"]) - 1))
+    res = maps_for(source, sh.source_key(source)[1], table, float(alpha), sample, upload_bytes, layer)
     maps_with, maps_without = res["with"], res["without"]
     n = maps_with.shape[-1]
     grid = summary["grid"] if summary["grid"] else (1, n)
@@ -98,18 +101,18 @@ with sh.guard("compute the attention maps",
 
     a, b = st.columns(2)
     with a:
-        sh.plotly(viz.query_centric_figure(maps_with[layer, head], query, grid, image=picture,
+        sh.plotly(viz.query_centric_figure(maps_with[head], query, grid, image=picture,
                                            title=f"With bias · layer {layer}, head {head}"),
                   key="am_query_with")
     with b:
-        sh.plotly(viz.query_centric_figure(maps_without[layer, head], query, grid, image=picture,
+        sh.plotly(viz.query_centric_figure(maps_without[head], query, grid, image=picture,
                                            title=f"Bias zeroed · layer {layer}, head {head}"),
                   key="am_query_without")
     st.subheader(f"All heads of layer {layer}")
-    sh.plotly(viz.visualize_attention_weights(maps_with[layer], title=f"Attention, layer {layer}, every head",
+    sh.plotly(viz.visualize_attention_weights(maps_with, title=f"Attention, layer {layer}, every head",
                                                window_size=grid),
               key="am_heads")
     if summary["bias_type"] is not None:
-        sh.plotly(viz.difference_figure(maps_without[layer], maps_with[layer], kind="bias",
+        sh.plotly(viz.difference_figure(maps_without, maps_with, kind="bias",
                                         names=("bias zeroed", "with bias"), window_size=grid),
                   key="am_diff")

@@ -189,6 +189,14 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
 
 def test_attention_page_widgets(runs_root):
     at = open_page(new_app().run(), "attention")
+    # The charts carry the library's numbers: every head of layer 0 for sample 0 of the preset.
+    preset = at.session_state["sb_source"].split(":", 1)[1]
+    cfg = explore.preset_config(preset)
+    image, _label, _classes = explore.sample_input(cfg, 0)
+    ref = explore.attention_maps(explore.fresh_model(cfg), image)[0]  # (H, N, N)
+    fig = charts(at)["am_heads"]
+    for h in range(ref.shape[0]):
+        np.testing.assert_allclose(heatmap_z(fig, h), ref[h], rtol=1e-4, atol=1e-6)
     at.slider(key="am_query").set_value(0).run()
     assert_clean(at, "query")
     at.number_input(key="am_sample").set_value(3).run()
