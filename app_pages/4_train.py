@@ -42,31 +42,24 @@ with sh.guard("read the presets", "check the configs/ folder"):
         ds_default = data.get("dataset", "relational")
         options = list(DATASETS) if ds_default in DATASETS else [ds_default, *DATASETS]
         dataset = c1.selectbox("Dataset", options, index=options.index(ds_default), key=f"tr_dataset_{preset}")
-        img_size = c1.number_input("Image size", 4, 128, int(data.get("img_size", 32)), key=f"tr_img_{preset}")
-        patch = c1.number_input("Patch size", 1, 32, int(data.get("patch_size", 4)), key=f"tr_patch_{preset}")
-        depth = c2.number_input("Depth (blocks)", 1, 8, int(model_cfg.get("depth", 2)), key=f"tr_depth_{preset}")
+        img_size = c1.number_input("Image size", 4, 512, int(data.get("img_size", 32)), key=f"tr_img_{preset}")
+        patch = c1.number_input("Patch size", 1, 64, int(data.get("patch_size", 4)), key=f"tr_patch_{preset}")
+        depth = c2.number_input("Depth (blocks)", 1, 24, int(model_cfg.get("depth", 2)), key=f"tr_depth_{preset}")
         heads = c2.number_input("Heads", 1, explore.MAX_HEADS, int(model_cfg.get("num_heads", 4)),
                                 key=f"tr_heads_{preset}")
         use_bias = c3.toggle("Relative position bias", bool(model_cfg.get("use_relative_position", True)),
                              key=f"tr_bias_{preset}")
-        epochs = c3.number_input("Epochs", 1, 200, int(train_cfg.get("epochs", 5)), key=f"tr_epochs_{preset}")
+        epochs = c3.number_input("Epochs", 1, 1000, int(train_cfg.get("epochs", 5)), key=f"tr_epochs_{preset}")
         lr = c4.number_input("Learning rate", 1e-5, 1.0, float(train_cfg.get("lr", 1e-3)), format="%.5f",
                              key=f"tr_lr_{preset}")
         name = c4.text_input("Run name (optional)", "", max_chars=40, key=f"tr_name_{preset}")
         submitted = st.form_submit_button("Start", type="primary")
 
     if submitted:
-        overrides = {
-            "data.dataset": dataset,
-            "data.img_size": int(img_size),
-            "data.patch_size": int(patch),
-            "model.depth": int(depth),
-            "model.num_heads": int(heads),
-            "model.use_relative_position": bool(use_bias),
-            "train.epochs": int(epochs),
-            "train.lr": float(lr),
-        }
-        overrides = explore.changed_overrides(cfg, overrides)
+        overrides = explore.train_overrides(
+            cfg, dataset=dataset, img_size=int(img_size), patch_size=int(patch), depth=int(depth),
+            num_heads=int(heads), use_relative_position=bool(use_bias), epochs=int(epochs), lr=float(lr),
+        )
         try:
             explore.check_run_settings(cfg, overrides)
             run_dir = jobs.start_run(preset, overrides, runs_root=ROOT, name=name or None,

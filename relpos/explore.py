@@ -415,6 +415,36 @@ def changed_overrides(cfg: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if _get(cfg, k) != v}
 
 
+#: The Train page's settings and the config keys they set.
+TRAIN_SETTINGS: dict[str, str] = {
+    "dataset": "data.dataset",
+    "img_size": "data.img_size",
+    "patch_size": "data.patch_size",
+    "depth": "model.depth",
+    "num_heads": "model.num_heads",
+    "use_relative_position": "model.use_relative_position",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+}
+#: Data keys a dataset fixes by itself (``null`` lets :func:`resolve_config` fill them).
+_DATASET_DERIVED = ("data.in_channels", "data.num_classes", "data.num_train", "data.num_val")
+
+
+def train_overrides(cfg: dict, **settings: Any) -> dict[str, Any]:
+    """The ``--set`` overrides for the Train page's settings: only what differs from ``cfg``.
+
+    Switching the dataset also resets the values the old dataset fixed (channels, classes,
+    split sizes) to ``None`` so the new dataset fills them.
+    """
+    unknown = set(settings) - set(TRAIN_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; allowed: {', '.join(TRAIN_SETTINGS)}")
+    out = changed_overrides(cfg, {TRAIN_SETTINGS[k]: v for k, v in settings.items()})
+    if "data.dataset" in out:
+        out.update({key: None for key in _DATASET_DERIVED})
+    return out
+
+
 def check_run_settings(cfg: dict, overrides: dict[str, Any]) -> dict:
     """Apply ``overrides`` to ``cfg``, resolve and build the model once: a readable error now
     instead of a failed run later. Returns the resolved config.
@@ -438,6 +468,8 @@ def check_run_settings(cfg: dict, overrides: dict[str, Any]) -> dict:
 def _yaml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     return str(value)
 
 

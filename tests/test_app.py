@@ -398,3 +398,26 @@ def test_app_start_marks_runs_of_dead_processes_failed(runs_root):
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any("This run failed" in e and "Killed" in e for e in errors), errors
+
+
+def test_train_page_widgets_and_refused_settings(runs_root):
+    at = open_page(new_app().run(), "train")
+    presets = at.selectbox(key="tr_preset").options
+    assert presets[0] == "default"
+    for preset in presets:
+        at.selectbox(key="tr_preset").set_value(preset).run()
+        assert_clean(at, preset)
+    at.selectbox(key="tr_preset").set_value("tiny").run()
+    at.selectbox(key="tr_dataset_tiny").set_value("digits")
+    at.number_input(key="tr_img_tiny").set_value(16)
+    at.number_input(key="tr_patch_tiny").set_value(3)  # 16 is not divisible by 3
+    at.number_input(key="tr_depth_tiny").set_value(2)
+    at.number_input(key="tr_heads_tiny").set_value(4)
+    at.toggle(key="tr_bias_tiny").set_value(False)
+    at.number_input(key="tr_epochs_tiny").set_value(3)
+    at.number_input(key="tr_lr_tiny").set_value(0.01)
+    at.form_submit_button[0].click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("cannot train" in e and "patch_size" in e for e in errors), errors
+    assert not [p for p in runs_root.iterdir() if p.is_dir()]  # nothing started

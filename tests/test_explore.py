@@ -260,3 +260,16 @@ def test_check_run_settings_limits_the_patch_grid():
     explore.check_run_settings(cfg, {"data.img_size": 64, "data.patch_size": 2})  # 32x32: allowed
     with pytest.raises(ValueError, match="patch grid"):
         explore.check_run_settings(cfg, {"data.img_size": 128, "data.patch_size": 2})
+
+
+def test_train_overrides():
+    cfg = small_cfg()
+    assert explore.train_overrides(cfg, depth=2, epochs=cfg["train"]["epochs"] + 1) == {
+        "train.epochs": cfg["train"]["epochs"] + 1
+    }
+    switched = explore.train_overrides(cfg, dataset="digits", img_size=16)
+    assert switched["data.dataset"] == "digits" and switched["data.in_channels"] is None
+    resolved = explore.check_run_settings(cfg, switched)
+    assert resolved["data"]["in_channels"] == 1 and resolved["data"]["num_classes"] == 10
+    with pytest.raises(ValueError, match="unknown settings"):
+        explore.train_overrides(cfg, colour="red")
