@@ -121,8 +121,9 @@ def _runs_section() -> None:
     selected = st.selectbox("Run", names, key="tr_run")
     info = next(r for r in rows if r["name"] == selected)
     active = info["state"] in jobs.ACTIVE_STATES
-    st.session_state["tr_was_active"] = any(r["state"] in jobs.ACTIVE_STATES for r in rows)
 
+    preset_name = Path(info["config_path"]).stem if info.get("config_path") else "?"
+    st.caption(f"preset **{preset_name}** · changed: {', '.join(info.get('overrides') or []) or 'nothing'}")
     cols = st.columns([3, 1])
     text = f"{info['state']} · epoch {info['epoch'] or 0}/{info['epochs'] or '?'}"
     if active:

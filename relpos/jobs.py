@@ -432,6 +432,8 @@ def run_info(run_dir: str | Path) -> dict | None:
         "updated": status.get("updated_at"),
         "created": status.get("created_at") or status.get("started_at"),
         "error": status.get("error"),
+        "config_path": status.get("config_path"),
+        "overrides": list(status.get("overrides") or []),
         "pid": pid,
         "alive": bool(state in ACTIVE_STATES and is_alive(pid, run_dir)),
     }
@@ -442,7 +444,8 @@ def list_runs(runs_root: str | Path = "checkpoints") -> list[dict]:
 
     Each row: ``name``, ``path``, ``state``, ``progress`` (0..1), ``epoch``, ``epochs``,
     ``accuracy`` (latest validation accuracy or None), ``eta_seconds``, ``updated`` (epoch
-    seconds), ``created``, ``error``, ``pid``, ``alive``. Directories without a ``status.json``
+    seconds), ``created``, ``error``, ``config_path``, ``overrides`` (the ``--set`` list),
+    ``pid``, ``alive``. Directories without a ``status.json``
     (e.g. ``uploads/``) and symlinks are skipped.
     """
     _reap_children()
