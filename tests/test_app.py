@@ -421,3 +421,19 @@ def test_train_page_widgets_and_refused_settings(runs_root):
     errors = [e.value for e in at.error]
     assert any("cannot train" in e and "patch_size" in e for e in errors), errors
     assert not [p for p in runs_root.iterdir() if p.is_dir()]  # nothing started
+
+
+@pytest.mark.slow
+def test_largest_preset_model_on_the_attention_page(runs_root):
+    """vit_b16 (12 layers x 12 heads, a 14x14 grid, 86M parameters): the largest model a preset offers."""
+    if "vit_b16" not in jobs.list_presets():
+        pytest.skip("no vit_b16 preset")
+    at = new_app().run()
+    at.sidebar.selectbox(key="sb_source").set_value("preset:vit_b16").run()
+    assert_clean(at, "sidebar")
+    at.sidebar.selectbox(key="sb_layer").set_value(11)
+    at.sidebar.selectbox(key="sb_head").set_value(11).run()
+    open_page(at, "attention")
+    figs = charts(at)
+    assert {"am_query_with", "am_query_without", "am_heads", "am_diff"} <= set(figs)
+    assert len([t for t in figs["am_heads"]["data"] if t.get("type") == "heatmap"]) == 12
