@@ -384,7 +384,7 @@ class RelativePositionBias(nn.Module):
                 index = t5_relative_position_bucket(rel, self.num_buckets, self.max_distance)
                 self.num_relative_positions = self.num_buckets
         self.seq_len = index.shape[0]
-        device = self._device()
+        device, dtype = self._device(), self._float_dtype()
         self.register_buffer("relative_position_index", index.to(device), persistent=False)  # (N, N)
         if bt == "alibi":
             if self.alibi_distance == "manhattan":
@@ -393,17 +393,24 @@ class RelativePositionBias(nn.Module):
                 dist = offsets.pow(2).sum(dim=1).sqrt()  # (T,)
             table = -dist[:, None] * alibi_slopes(self.num_heads)[None, :]  # (T, H)
             self.register_buffer(
-                "relative_position_bias_table", table.float().to(device), persistent=False
+                "relative_position_bias_table", table.to(device=device, dtype=dtype), persistent=False
             )
         if bt == "cpb":
             coords = swinv2_log_coords(size, self.pretrained_window_size)  # (2h-1, 2w-1, 2)
-            self.register_buffer("relative_coords_table", coords.to(device), persistent=False)
+            self.register_buffer("relative_coords_table", coords.to(device=device, dtype=dtype), persistent=False)
         self._cache = None
 
     def _device(self) -> torch.device:
         for t in list(self.parameters()) + list(self.buffers()):
             return t.device
         return torch.device("cpu")
+
+    def _float_dtype(self) -> torch.dtype:
+        """The floating dtype the module was moved to (float32 until then)."""
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
 
     @property
     def num_tokens(self) -> int:

@@ -297,3 +297,11 @@ def test_resize_lab_page_renders(tmp_path, monkeypatch):
     assert len(at.get("plotly_chart")) == 3
     at.slider(key="rl_grid").set_value(3).run()
     assert not at.exception and at.dataframe[0].value["img_size"].tolist()[1] == 6
+
+
+@pytest.mark.parametrize("bias_type", ["alibi", "cpb", "2d"])
+def test_set_window_size_keeps_dtype(bias_type):
+    m = RelativePositionBias(num_heads=2, window_size=(2, 2), bias_type=bias_type).double()
+    m.set_window_size((3, 3))
+    bias = m()
+    assert bias.dtype == torch.float64 and bias.shape == (2, 9, 9)
