@@ -106,6 +106,7 @@ def runs_section() -> None:
 
 
 def _runs_section() -> None:
+    jobs.reconcile_runs(ROOT)  # a trainer killed from outside (OOM, kill -9) shows as failed at once
     rows = jobs.list_runs(ROOT)
     st.subheader("Runs")
     if not rows:

@@ -530,6 +530,11 @@ def reconcile_runs(runs_root: str | Path = "checkpoints", queued_timeout: float 
                 continue
             else:
                 reason = f"the training process (pid {pid}) ended without recording a final state"
+            # Re-read now that the process is known dead: it may have written its final state
+            # between the first read and the liveness check (a normal finish, not a failure).
+            latest = _read_json_safe(child, rundir.STATUS_FILE) or {}
+            if latest.get("state") not in ACTIVE_STATES:
+                continue
             tail = log_tail(child, lines=15)
             error = reason + (f"; last log lines:\n{tail}" if tail else "")
             rundir.update_status(child, state="failed", error=error, eta_seconds=None)
