@@ -56,6 +56,8 @@ __all__ = [
 SAVE_SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg")
 
 _BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+#: Longest side, in pixels, of the image drawn under a query-centric map.
+_IMAGE_MAX_PX = 160
 _RUN_COLORS = (
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
     "#7f7f7f", "#bcbd22",
@@ -224,8 +226,11 @@ def _pair_customdata_1d(seq_len: int, with_row: bool) -> np.ndarray:
 
 
 _VALUE = "value = %{z:.4g}"
-#: Most raw bytes of per-cell hover data a query x key heatmap carries with the table row included.
-_HOVER_BUDGET_BYTES = 400_000
+#: Most raw bytes of per-cell hover data one figure carries, summed over its panels. Above it the
+#: hover first drops the table row (which needs int16 for windows above 6x6; one dtype per array),
+#: then the per-cell data altogether ("query i, key j, value" is left). A 14x14 window keeps
+#: coordinates and offsets (int8) for up to two heads.
+_HOVER_BUDGET_BYTES = 500_000
 
 
 def _pair_hover(
@@ -234,37 +239,44 @@ def _pair_hover(
     seq_len: int | None,
     index: np.ndarray | None,
     *,
+    n_panels: int = 1,
     with_row: bool = True,
     value: str = _VALUE,
 ) -> tuple[np.ndarray | None, str]:
-    """Customdata and hovertemplate for an ``(N, N)`` query x key heatmap."""
+    """Customdata and hovertemplate for ``n_panels`` ``(N, N)`` query x key heatmaps: the richest
+    hover whose per-cell data fits :data:`_HOVER_BUDGET_BYTES`."""
+    candidates: list[tuple[np.ndarray, str]] = []
     if window is not None:
-        n_rows = (2 * window[0] - 1) * (2 * window[1] - 1)
-        if with_row and n_rows > 127 and n * n * 7 * 2 > _HOVER_BUDGET_BYTES:
-            # A table row needs int16 and so would every field (one dtype per array): for large
-            # windows (e.g. 14x14) keep coordinates and offset as int8 and leave the row out.
-            with_row = False
-        cd = _pair_customdata_2d(window[0], window[1], with_row and index is None)
-        if with_row and index is not None:
-            cd = _small_int(np.concatenate([cd, index[..., None]], axis=-1))  # (N, N, 7)
-        tpl = (
+        coords = (
             "query i = %{y} at (y, x) = (%{customdata[0]}, %{customdata[1]})<br>"
             "key j = %{x} at (y, x) = (%{customdata[2]}, %{customdata[3]})<br>"
             "offset (Δy, Δx) = (%{customdata[4]}, %{customdata[5]})<br>"
         )
+        base = _pair_customdata_2d(window[0], window[1], False)  # (N, N, 6)
         if with_row:
-            tpl += "table row r = %{customdata[6]}<br>"
-        return cd, tpl + value
-    if seq_len is not None:
-        cd = _pair_customdata_1d(seq_len, with_row and index is None)
-        if with_row and index is not None:
-            cd = _small_int(np.concatenate([cd, index[..., None]], axis=-1))  # (L, L, 2)
-        tpl = "query i = %{y}<br>key j = %{x}<br>offset i − j = %{customdata[0]}<br>"
+            full = (
+                _pair_customdata_2d(window[0], window[1], True)
+                if index is None
+                else _small_int(np.concatenate([base, index[..., None]], axis=-1))
+            )  # (N, N, 7)
+            candidates.append((full, coords + "table row r = %{customdata[6]}<br>"))
+        candidates.append((base, coords))
+    elif seq_len is not None:
+        one_d = "query i = %{y}<br>key j = %{x}<br>offset i − j = %{customdata[0]}<br>"
+        base = _pair_customdata_1d(seq_len, False)  # (L, L, 1)
         if with_row:
-            tpl += "table row r = %{customdata[1]}<br>"
-        return cd, tpl + value
-    if with_row and index is not None:
-        return _small_int(index), "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>" + value
+            full = (
+                _pair_customdata_1d(seq_len, True)
+                if index is None
+                else _small_int(np.concatenate([base, index[..., None]], axis=-1))
+            )  # (L, L, 2)
+            candidates.append((full, one_d + "table row r = %{customdata[1]}<br>"))
+        candidates.append((base, one_d))
+    elif with_row and index is not None:
+        candidates.append((_small_int(index), "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>"))
+    for cd, tpl in candidates:
+        if cd.nbytes * n_panels <= _HOVER_BUDGET_BYTES:
+            return cd, tpl + value
     return None, "query i = %{y}<br>key j = %{x}<br>" + value
 
 
@@ -348,10 +360,14 @@ def _grid_layout(
 
 
 def _color_range(values: np.ndarray, diverging: bool, zmid: float | None) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return (-1.0, 1.0) if diverging else (0.0, 1.0)
-    lo, hi = float(finite.min()), float(finite.max())
+    """Shared ``(zmin, zmax)``: the finite data range, symmetric about ``zmid`` (default 0) for a
+    diverging scale."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or ±inf (e.g. masked logits): skip them
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return (-1.0, 1.0) if diverging else (0.0, 1.0)
+        lo, hi = float(finite.min()), float(finite.max())
     if diverging:
         mid = 0.0 if zmid is None else float(zmid)
         half = max(abs(lo - mid), abs(hi - mid)) or 1e-12
@@ -409,7 +425,7 @@ def _matrix_figure(
         notes.append(f"block-averaged {k}×{k}: {n}×{n} → {mats.shape[-1]}×{mats.shape[-1]} cells")
     else:
         xs = ys = None
-        cd, tpl = _pair_hover(n, window, seq_len, index, with_row=with_row, value=value)
+        cd, tpl = _pair_hover(n, window, seq_len, index, n_panels=n_heads, with_row=with_row, value=value)
     zmin, zmax = _color_range(mats, diverging, zmid)
     if panel_titles is None:
         panel_titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
@@ -743,10 +759,14 @@ def _image_layer(image: Any, window: tuple[int, int]) -> dict[str, Any]:
     rgb = (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)  # (H, W, 3)
     from PIL import Image
 
+    pil = Image.fromarray(rgb)  # (H, W, 3) uint8 -> RGB
+    if max(pil.size) > _IMAGE_MAX_PX:  # a backdrop needs no more pixels: smaller payload, faster
+        scale = _IMAGE_MAX_PX / max(pil.size)
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    pil.save(buf, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    hi_px, wi_px = rgb.shape[:2]
+    hi_px, wi_px = pil.height, pil.width
     dy, dx = window[0] / hi_px, window[1] / wi_px  # grid cells per image pixel
     return {"source": uri, "x0": -0.5 + dx / 2, "y0": -0.5 + dy / 2, "dx": dx, "dy": dy, "hoverinfo": "skip"}
 
