@@ -36,11 +36,9 @@ def guard(what: str, todo: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback
-        st.error(f"**Could not {what}.** {exc}\n\n**What to do:** {todo}", icon=":material/error:")
-
-
-def intro(text: str) -> None:
-    st.markdown(text)
+        detail = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+        st.error(f"**Could not {what}.** {detail or type(exc).__name__}\n\n**What to do:** {todo}",
+                 icon=":material/error:")
 
 
 def mtime(path: str | Path) -> float:
