@@ -7,8 +7,10 @@ real trainer on configs/tiny.yaml. Every started process group is killed by a fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import textwrap
 import threading
 import time
@@ -271,3 +273,26 @@ def test_real_trainer_tiny_reaches_done(runs_root):
     rows = jobs.list_runs(runs_root)
     assert rows[0]["progress"] == 1.0
     assert (run_dir / rundir.METRICS_FILE).is_file()
+
+
+def test_run_survives_the_death_of_the_app_that_started_it(fake_trainer, runs_root, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "done")
+    launcher = (
+        "import sys, time; from relpos import jobs; jobs.TRAIN_MODULE = 'fake_train'; "
+        f"d = jobs.start_run({str(fake_trainer)!r}, runs_root={str(runs_root)!r}); "
+        "print(d, flush=True); time.sleep(60)"
+    )
+    import subprocess
+
+    app = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, start_new_session=True,
+                           env=dict(os.environ))
+    try:
+        run_dir = Path(app.stdout.readline().decode().strip())
+        os.killpg(app.pid, signal.SIGKILL)  # the "app" dies at once, mid-run
+        app.wait(timeout=10)
+        status = wait_state(run_dir, {"done", "failed", "cancelled"})
+        assert status["state"] == "done"
+        assert jobs.reconcile_runs(runs_root) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(app.pid, signal.SIGKILL)
