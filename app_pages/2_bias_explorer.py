@@ -87,9 +87,16 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
                   key="be_query_bias")
 
     st.subheader("What it does to attention on a fixed input")
-    st.caption("Same random queries and keys in both maps; only the bias differs.")
     with_b, without = demo_data(kind, size, heads, float(init_std), seed, preset, float(alpha), head,
                                 float(content))
+    d_with = float(explore.mean_attention_distance(with_b, grid)[0])
+    d_without = float(explore.mean_attention_distance(without, grid)[0])
+    m1, m2, m3 = st.columns([1, 1, 2])
+    m1.metric("Mean attention distance, with bias", f"{d_with:.2f} tokens", f"{d_with - d_without:+.2f}",
+              delta_color="off")
+    m2.metric("Without bias", f"{d_without:.2f} tokens")
+    m3.caption("Same random queries and keys in both maps; only the bias differs. The distance is "
+               "how far, on average, each query's attention reaches (weighted by the attention).")
     a, b = st.columns(2)
     with a:
         sh.plotly(viz.query_centric_figure(with_b, query, grid, title=f"Query {query}: with bias"),

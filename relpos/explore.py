@@ -290,6 +290,28 @@ def demo_attention(
     return with_bias[0].numpy(), without[0].numpy()  # (H, N, N) each
 
 
+def mean_attention_distance(attn: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """How far attention reaches: ``sum_j attn[h, i, j] * |pos_i - pos_j|``, averaged over queries.
+
+    Args:
+        attn: ``(N, N)`` or ``(H, N, N)`` attention weights (rows sum to 1).
+        grid: ``(h, w)`` token grid with ``N = h * w`` (``(1, L)`` for a sequence).
+
+    Returns:
+        ``(H,)`` mean Euclidean distance in tokens (patches) per head.
+    """
+    a = np.asarray(attn, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    h, w = check_window_size("grid", grid)
+    n = h * w
+    if a.ndim != 3 or a.shape[1:] != (n, n):
+        raise ValueError(f"attn must have shape (H, {n}, {n}) for grid {(h, w)}, got {a.shape}")
+    ys, xs = np.divmod(np.arange(n), w)
+    dist = np.hypot(ys[:, None] - ys[None, :], xs[:, None] - xs[None, :])  # (N, N)
+    return (a * dist[None]).sum(axis=-1).mean(axis=-1)  # (H,)
+
+
 # --------------------------------------------------------------------------- models
 
 

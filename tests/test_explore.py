@@ -273,3 +273,13 @@ def test_train_overrides():
     assert resolved["data"]["in_channels"] == 1 and resolved["data"]["num_classes"] == 10
     with pytest.raises(ValueError, match="unknown settings"):
         explore.train_overrides(cfg, colour="red")
+
+
+def test_mean_attention_distance():
+    eye = np.eye(4)
+    np.testing.assert_allclose(explore.mean_attention_distance(eye, (2, 2)), [0.0])
+    uniform = np.full((1, 4, 4), 0.25)
+    # In a 2x2 grid each token has distances 0, 1, 1, sqrt(2) to the four tokens.
+    np.testing.assert_allclose(explore.mean_attention_distance(uniform, (2, 2)), [(2 + math.sqrt(2)) / 4])
+    with pytest.raises(ValueError, match="shape"):
+        explore.mean_attention_distance(eye, (3, 3))
