@@ -1,0 +1,224 @@
+"""The training engine: seed functions, fit (files, status, exact resume), the CLI, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from relpos.experiments.checkpoint import load_model_from_checkpoint, read_checkpoint
+from relpos.experiments.config import apply_overrides
+from relpos.experiments.config_utils import load_config
+from relpos.experiments.rundir import read_metrics, read_status, update_status
+from relpos.experiments.train import ResumableSampler, evaluate, fit, lr_at_step, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy(n=24, bs=8):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 5, generator=g), torch.randint(3, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=bs), x, y
+
+
+def test_train_epoch_steps_and_reports_means():
+    loader, x, y = _toy()
+    model = nn.Linear(5, 3)
+    ref = nn.Linear(5, 3)
+    ref.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    seen = []
+    out = train_epoch(model, loader, nn.CrossEntropyLoss(), opt, "cpu", 0, progress=seen.append)
+    # reference: the same loop by hand
+    losses, correct = [], 0
+    for xb, yb in loader:
+        logits = ref(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+        correct += int((logits.argmax(1) == yb).sum())
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        losses.append(float(loss.detach()))
+    assert out["steps"] == 3 and len(seen) == 3 and seen[-1]["batch"] == 3
+    assert math.isclose(out["loss"], sum(losses) / 3, rel_tol=1e-6)
+    assert math.isclose(out["accuracy"], correct / 24) and 0 <= out["accuracy"] <= 1
+    assert torch.allclose(model.weight, ref.weight) and model.training
+    stopped = train_epoch(model, loader, nn.CrossEntropyLoss(), opt, "cpu", 1, should_stop=lambda: True)
+    assert stopped["stopped"] and stopped["steps"] == 1
+
+
+def test_evaluate_matches_reference_without_gradients():
+    loader, x, y = _toy()
+    model = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5))
+    model.train()
+    out = evaluate(model, loader, nn.CrossEntropyLoss(), "cpu")
+    with torch.no_grad():
+        logits = model[0](x)  # eval mode: dropout off
+    assert math.isclose(out["loss"], float(nn.functional.cross_entropy(logits, y)), rel_tol=1e-5)
+    assert out["accuracy"] == int((logits.argmax(1) == y).sum()) / 24
+    assert model[0].weight.grad is None and model.training  # no gradients; mode restored
+
+
+def test_lr_schedule_and_sampler():
+    lrs = [lr_at_step(s, 100, 10, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decays monotonically
+    s = ResumableSampler(list(range(10)), seed=3)
+    s.set_epoch(2)
+    full = list(s)
+    assert sorted(full) == list(range(10))
+    s.set_start_index(4)
+    assert list(s) == full[4:] and len(s) == 6
+    s.set_epoch(3)
+    s.set_start_index(0)
+    assert list(s) != full  # a new order every epoch
+
+
+def _cfg(*overrides):
+    return apply_overrides(load_config(TINY), list(overrides))
+
+
+def test_fit_writes_the_run_directory_and_keeps_queued_fields(tmp_path):
+    run = tmp_path / "run"
+    update_status(run, state="queued", name="from-app", submitted_by="app")
+    result = fit(_cfg(), run, log_to_stderr=False)
+    assert result["state"] == "done"
+    for f in ("config.yaml", "status.json", "metrics.jsonl", "train.log", "last.pt", "best.pt"):
+        assert (run / f).is_file(), f
+    status = read_status(run)
+    assert status["state"] == "done" and status["submitted_by"] == "app" and status["name"] == "from-app"
+    assert status["step"] == status["total_steps"] == 8 and status["epoch"] == 2 and status["pid"] == os.getpid()
+    records = read_metrics(run)
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("epoch") == 2 and kinds.count("step") == 4  # log_every 2, 4 steps per epoch
+    epoch_rec = [r for r in records if r["kind"] == "epoch"][-1]
+    for key in ("step", "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr", "seconds",
+                "images_per_second"):
+        assert key in epoch_rec, key
+    model, ck = load_model_from_checkpoint(run / "last.pt")
+    assert ck["epoch"] == 2 and ck["step"] == 8 and ck["config"]["name"] == "tiny"
+    assert "epoch 2/2" in (run / "train.log").read_text()
+
+
+def test_resume_is_bit_exact(tmp_path):
+    cfg = _cfg("model.dropout=0.1", "train.epochs=3")  # dropout: the RNG state must be restored too
+    fit(cfg, tmp_path / "a", log_to_stderr=False)
+    calls = {"n": 0}
+
+    def stop_mid_epoch() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 6  # after step 5 (one check per step plus one per epoch end)
+
+    first = fit(cfg, tmp_path / "b", should_stop=stop_mid_epoch, log_to_stderr=False)
+    assert first["state"] == "cancelled" and first["step"] == 5
+    partial = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert partial["step"] == 5 and partial["epoch"] == 1
+    second = fit(cfg, tmp_path / "b", resume=True, log_to_stderr=False)
+    assert second["state"] == "done" and second["step"] == 12
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["metrics"]["train_loss"] == b["metrics"]["train_loss"]
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_errors_mark_the_run_failed(tmp_path, monkeypatch):
+    import relpos.experiments.train as train_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train_mod, "evaluate", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        fit(_cfg(), tmp_path / "r", log_to_stderr=False)
+    status = read_status(tmp_path / "r")
+    assert status["state"] == "failed" and "disk on fire" in status["error"]
+    assert "Traceback" in (tmp_path / "r" / "train.log").read_text()
+
+
+def _run_cli(args, cwd, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "relpos.experiments.train", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs,
+    )
+
+
+def _finish(proc, timeout=180):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out, err
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_and_config_errors(tmp_path):
+    proc = _run_cli(["--config", str(TINY), "--set", "train.epochs=1", "--runs-root", "runs"], tmp_path)
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("tiny-")
+    assert read_status(run)["state"] == "done" and (run / "best.pt").is_file()
+    # invalid config: exit code 2, the key named, nothing trained; a queued run is marked failed
+    queued = tmp_path / "queued"
+    update_status(queued, state="queued")
+    bad = _run_cli(["--config", str(TINY), "--run-dir", str(queued), "--set", "model.num_heads=3"], tmp_path)
+    _, err = _finish(bad)
+    assert bad.returncode == 2 and "model.num_heads" in err
+    assert read_status(queued)["state"] == "failed" and not (queued / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_cancels(tmp_path):
+    run = tmp_path / "run"
+    # long enough to still be training when the signal arrives
+    proc = _run_cli(["--config", str(TINY), "--run-dir", str(run), "--set", "train.epochs=500",
+                     "--set", "data.num_train=512", "--set", "train.log_every=1"], tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = read_status(run) or {}
+            if status.get("state") == "running" and (status.get("step") or 0) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"training never got going: {read_status(run)}")
+        os.kill(proc.pid, signal.SIGTERM)
+        _finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    status = read_status(run)
+    assert status["state"] == "cancelled" and status["stop_reason"] == "SIGTERM"
+    ck = read_checkpoint(run / "last.pt")
+    assert ck["step"] == status["step"] > 0
+    # and it resumes from there
+    resumed = fit(_cfg("train.epochs=500", "data.num_train=512"), run, resume=True,
+                  should_stop=lambda: True, log_to_stderr=False)
+    assert resumed["step"] == ck["step"] + 1
