@@ -172,6 +172,9 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
     fig = charts(at)["be_bias"]
     z = heatmap_z(fig)
     np.testing.assert_allclose(z, ref["bias"][0], rtol=1e-6, atol=1e-6)
+    # A locality bias pulls attention in: the metric says so.
+    with_d, without_d = (float(m.value.split()[0]) for m in at.metric[:2])
+    assert with_d < without_d
     for key, value in [("be_head", 1), ("be_query", 5), ("be_content", 0.0), ("be_seed", 3),
                        ("be_init_std", 0.1)]:
         widget = at.slider(key=key) if key in ("be_head", "be_query", "be_content") else at.number_input(key=key)
