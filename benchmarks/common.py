@@ -63,8 +63,9 @@ def interleaved(
 ) -> dict[str, dict[str, float]]:
     """Time each callable in interleaved rounds; ratios are against the first entry, per round.
 
-    Returns ``{name: {"median_s", "min_s", "ratio"}}`` where ``ratio`` is the median over rounds of
-    ``t_name / t_first`` measured in the same round.
+    Returns ``{name: {"median_s", "min_s", "ratio", "min_ratio"}}`` where ``ratio`` is the median
+    over rounds of ``t_name / t_first`` measured in the same round, and ``min_ratio`` the ratio of
+    the fastest rounds (a cross-check: on a shared machine noise only ever adds time).
     """
     names = list(fns)
     per_call = {}
@@ -84,6 +85,7 @@ def interleaved(
             "median_s": statistics.median(times[n]),
             "min_s": min(times[n]),
             "ratio": statistics.median(a / b for a, b in zip(times[n], times[first])),
+            "min_ratio": min(times[n]) / min(times[first]),
         }
         for n in names
     }

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import app_bench, attention_bench, vit_bench
 
     start = time.perf_counter()
-    rounds = 5 if args.quick else 9
+    rounds = 5 if args.quick else 11
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     env = common.environment()
     parts = [
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if "sweep" not in skip:
         print("scaling sweep ...", flush=True)
         sides = [4, 8, 16, 32] if args.quick else [4, 8, 12, 16, 24, 32, 48, 64]
-        table = attention_bench.scaling_sweep(sides, max(3, rounds // 2))
+        table = attention_bench.scaling_sweep(sides, 3 if args.quick else 7)
         parts += ["### Scaling sweep (H=4, D=32, B = max(1, 1024 // N))", table]
     if "gather" not in skip and records:
         print("gather ...", flush=True)
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                   attention_bench.gather_share(rounds, records)]
     if "vit" not in skip:
         print("vit ...", flush=True)
-        table, _ = vit_bench.vit_section(3 if args.quick else 5)
-        parts += [f"### ViT (img 32, patch 4, embed 192, depth 6, heads 3, batch {vit_bench.BATCH}, AdamW, "
+        table, _ = vit_bench.vit_section(2 if args.quick else 5)
+        parts += [f"### ViT (img 32, patch 4, embed 192, depth 6, heads 3, batch {vit_bench.BATCH}, AdamW(fused=True), "
                   "relative position bias)", table]
     if "app" not in skip:
         print("app ...", flush=True)
