@@ -257,6 +257,13 @@ def test_html_is_self_contained_and_folders_are_created(tmp_path):
     assert re.findall(r"<script\b[^>]*\bsrc=", text) == []  # and nothing is fetched
 
 
+def test_figure_bytes_html_for_downloads():
+    data = V.figure_bytes(V.visualize_bias_table(torch.randn(9, 1)), "html")
+    assert data.lower().startswith(b"<!doctype html>") and b"plotly.js v" in data
+    with pytest.raises(ValueError, match="fmt"):
+        V.figure_bytes(go.Figure(), "gif")
+
+
 def test_unknown_suffix_lists_the_allowed_ones(tmp_path):
     with pytest.raises(ValueError, match=r"\.html.*\.png.*\.svg"):
         V.save_figure(go.Figure(), tmp_path / "fig.jpg")
@@ -265,8 +272,9 @@ def test_unknown_suffix_lists_the_allowed_ones(tmp_path):
 def test_no_browser_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("BROWSER_PATH", raising=False)
     monkeypatch.setattr(V.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="BROWSER_PATH.*|chromium"):
-        V.save_figure(go.Figure(), tmp_path / "fig.png")
+    with pytest.raises(RuntimeError, match="apt-get install -y chromium.*BROWSER_PATH"):
+        V.save_figure(go.Figure(), tmp_path / "sub" / "fig.png")
+    assert not (tmp_path / "sub").exists()
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
     with pytest.raises(RuntimeError, match="BROWSER_PATH"):
         V.save_figure(go.Figure(), tmp_path / "fig.png")

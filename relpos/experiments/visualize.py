@@ -37,11 +37,13 @@ import torch
 
 from relpos._validation import check_choice, check_int, check_window_size
 from relpos.experiments.colormaps import is_diverging, resolve_colorscale
+from relpos.experiments.rundir import atomic_write_bytes
 
 __all__ = [
     "SAVE_SUFFIXES",
     "block_average",
     "difference_figure",
+    "figure_bytes",
     "figure_payload_bytes",
     "query_centric_figure",
     "save_figure",
@@ -1035,9 +1037,36 @@ def _find_browser() -> str:
     )
 
 
+def figure_bytes(fig: go.Figure, fmt: str = "html") -> bytes:
+    """The figure as file contents, e.g. for a download button.
+
+    Args:
+        fig: the figure.
+        fmt: ``"html"`` (self-contained: plotly.js inlined, works offline), ``"png"`` or ``"svg"``
+            (rendered by kaleido in Chrome/Chromium, a few seconds per call: each call starts a
+            browser).
+
+    Returns:
+        The bytes of the file.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+        RuntimeError: PNG/SVG asked for and no Chrome/Chromium found (the message says how to
+            install one or set ``BROWSER_PATH``).
+    """
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
+    fmt = check_choice("fmt", fmt, tuple(s[1:] for s in SAVE_SUFFIXES))
+    if fmt == "html":
+        return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
+    _find_browser()
+    return fig.to_image(format=fmt)
+
+
 def save_figure(fig: go.Figure, save_path: str | Path) -> Path:
     """Save ``fig`` by suffix: ``.html`` (self-contained, works offline), ``.png`` or ``.svg``
-    (through kaleido and Chrome/Chromium). Parent folders are created.
+    (through kaleido and Chrome/Chromium). Parent folders are created; the file is written
+    atomically (a reader never sees half a file).
 
     Args:
         fig: the figure.
@@ -1060,13 +1089,7 @@ def save_figure(fig: go.Figure, save_path: str | Path) -> Path:
         raise ValueError(
             f"save_path must end in one of {', '.join(SAVE_SUFFIXES)}, got {str(save_path)!r}"
         )
-    if suffix != ".html":
-        _find_browser()  # before creating folders: fail fast with the install hint
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".html":
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
-    else:
-        fig.write_image(path, format=suffix[1:])
+    atomic_write_bytes(path, figure_bytes(fig, suffix[1:]))  # renders first: no folder on failure
     return path
 
 
