@@ -45,7 +45,8 @@ def test_attention_z_is_input_per_head_with_one_shared_colour_axis():
         np.testing.assert_array_equal(tr.z, w[0, h].numpy())
         assert tr.coloraxis == "coloraxis"
         assert (tr.zmin, tr.zmax) == (maps[0].zmin, maps[0].zmax)
-    assert maps[0].zmin == pytest.approx(float(w[0].min())) and maps[0].zmax == pytest.approx(float(w[0].max()))
+    assert maps[0].zmin == pytest.approx(float(w[0].min()))
+    assert maps[0].zmax == pytest.approx(float(w[0].max()))
     assert fig.layout.coloraxis.cmin == maps[0].zmin and fig.layout.coloraxis.cmax == maps[0].zmax
     assert len({(t.xaxis, t.yaxis) for t in maps}) == 3  # three separate panels
     assert "batch element 0 of 2" in fig.layout.title.text
@@ -57,6 +58,9 @@ def test_bias_is_centred_at_zero_with_a_diverging_scale():
     tr = _heatmaps(fig)[0]
     np.testing.assert_array_equal(tr.z, bias[0])
     assert (tr.zmin, tr.zmax) == (-2.0, 2.0)
+    masked = bias.copy()
+    masked[0, 0, 1] = -np.inf  # a masked logit does not blow up the shared range
+    assert _heatmaps(V.visualize_relative_position_bias(masked))[0].zmin == -1.0
     expected = go.Figure(layout={"coloraxis": {"colorscale": "RdBu_r"}}).layout.coloraxis.colorscale
     assert fig.layout.coloraxis.colorscale == expected
 

@@ -275,7 +275,8 @@ def _pair_hover(
             candidates.append((full, one_d + "table row r = %{customdata[1]}<br>"))
         candidates.append((base, one_d))
     elif with_row and index is not None:
-        candidates.append((_small_int(index), "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>"))
+        rows_only = "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>"
+        candidates.append((_small_int(index), rows_only))
     for cd, tpl in candidates:
         if cd.nbytes * n_panels <= _HOVER_BUDGET_BYTES:
             return cd, tpl + value
@@ -557,7 +558,9 @@ def _infer_table_geometry(
         return window, None
     if seq_len is not None:
         if 2 * seq_len - 1 != t:
-            raise ValueError(f"seq_len {seq_len} needs 2L-1 = {2 * seq_len - 1} table rows, the table has {t}")
+            raise ValueError(
+                f"seq_len {seq_len} needs 2L-1 = {2 * seq_len - 1} table rows, the table has {t}"
+            )
         return None, seq_len
     side = math.isqrt(t)
     if side * side == t and side % 2 == 1 and side > 1:
@@ -750,7 +753,9 @@ def _image_layer(image: Any, window: tuple[int, int]) -> dict[str, Any]:
     if arr.ndim == 2:
         arr = arr[..., None]  # (H, W, 1)
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must have shape (C, H, W) with C in 1, 3, 4, or (H, W); got {tuple(np.shape(image))}")
+        raise ValueError(
+            f"image must have shape (C, H, W) with C in 1, 3, 4, or (H, W); got {tuple(np.shape(image))}"
+        )
     arr = arr[..., :3]
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)  # (H, W, 3) grayscale -> RGB
@@ -764,7 +769,8 @@ def _image_layer(image: Any, window: tuple[int, int]) -> dict[str, Any]:
     pil = Image.fromarray(rgb)  # (H, W, 3) uint8 -> RGB
     if max(pil.size) > _IMAGE_MAX_PX:  # a backdrop needs no more pixels: smaller payload, faster
         scale = _IMAGE_MAX_PX / max(pil.size)
-        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
+        size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+        pil = pil.resize(size, Image.BILINEAR)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -882,7 +888,9 @@ def _metric_xy(records: Sequence[dict], key: str, axis: str) -> tuple[np.ndarray
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
-def training_curves_figure(runs: Mapping[str, Sequence[dict]], *, title: str = "Training curves") -> go.Figure:
+def training_curves_figure(
+    runs: Mapping[str, Sequence[dict]], *, title: str = "Training curves"
+) -> go.Figure:
     """Loss and accuracy of one or several runs, overlaid.
 
     Args:
@@ -897,7 +905,9 @@ def training_curves_figure(runs: Mapping[str, Sequence[dict]], *, title: str = "
     """
     title = _check_title(title)
     if not isinstance(runs, Mapping):
-        raise TypeError(f"runs must be a dict of run name -> list of metric records, got {type(runs).__name__}")
+        raise TypeError(
+            f"runs must be a dict of run name -> list of metric records, got {type(runs).__name__}"
+        )
     layout, refs = _grid_layout(["loss", "accuracy"], cols=2, square=False, reverse_y=False, panel_px=380)
     layout["height"] = 420
     traces = []
@@ -932,7 +942,9 @@ def training_curves_figure(runs: Mapping[str, Sequence[dict]], *, title: str = "
                         x=xs, y=ys, mode=mode, name=f"{name} · {split}", legendgroup=str(name),
                         line={"color": color, "dash": dash}, xaxis=xr, yaxis=yr,
                         showlegend=panel == 0 or not shown,
-                        hovertemplate=f"{name} · {split} {metric}<br>{axis} %{{x}}<br>%{{y:.4g}}<extra></extra>",
+                        hovertemplate=(
+                            f"{name} · {split} {metric}<br>{axis} %{{x}}<br>%{{y:.4g}}<extra></extra>"
+                        ),
                     )
                 )  # fmt: skip
                 shown = True
