@@ -209,7 +209,7 @@ def test_query_centric_row_on_the_grid_with_image_and_marked_query():
         np.testing.assert_array_equal(tr.z, m[h, 4].numpy().reshape(3, 2))
         assert tr.zmin == -tr.zmax == -float(m[:, 4].abs().max())
     # key 1 = (0, 1), offset (2, -1), row (2 + 2) * 3 + (-1 + 1) = 12, as the library index says
-    assert tr.customdata[0, 1].tolist() == [1, 0, 1, 2, -1, 12]
+    assert tr.customdata[0, 1].tolist() == [1, 2, -1, 12]
     assert int(get_relative_position_index_2d((3, 2))[4, 1]) == 12
     rect = fig.layout.shapes[0]
     assert (rect.x0, rect.x1, rect.y0, rect.y1) == (-0.5, 0.5, 1.5, 2.5)  # query 4 = (2, 0)

@@ -825,15 +825,14 @@ def query_centric_figure(
     if zmid is not None:
         zmid = float(zmid)
     grids = mats[:, query, :].reshape(n_heads, h_, w_)  # (H, h, w): key j = y * w + x
-    cd = _pair_customdata_2d(h_, w_, True)[query].reshape(h_, w_, -1)  # (h, w, 7) of pairs (i, j)
-    cd = np.ascontiguousarray(cd[..., 2:])  # (h, w, 5): y_j, x_j, Δy, Δx, r
-    keys = _small_int(np.arange(n).reshape(h_, w_))  # (h, w)
-    cd = _small_int(np.concatenate([keys[..., None].astype(np.int32), cd.astype(np.int32)], axis=-1))
+    pairs = _pair_customdata_2d(h_, w_, True)[query].astype(np.int32)  # (N, 7) of pairs (query, j)
+    keys = np.arange(n, dtype=np.int32)[:, None]  # (N, 1)
+    cd = _small_int(np.concatenate([keys, pairs[:, 4:]], axis=1).reshape(h_, w_, 4))  # j, Δy, Δx, r
     tpl = (
         f"query i = {query} at ({qy}, {qx})<br>"
         "key j = %{customdata[0]} at (y, x) = (%{y}, %{x})<br>"
-        "offset (Δy, Δx) = (%{customdata[3]}, %{customdata[4]})<br>"
-        "table row r = %{customdata[5]}<br>value = %{z:.4g}"
+        "offset (Δy, Δx) = (%{customdata[1]}, %{customdata[2]})<br>"
+        "table row r = %{customdata[3]}<br>value = %{z:.4g}"
     )
     zmin, zmax = _color_range(grids, zmid is not None or is_diverging(colorscale), zmid)
     titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
