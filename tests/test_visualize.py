@@ -52,6 +52,17 @@ def test_attention_z_is_input_per_head_with_one_shared_colour_axis():
     assert "batch element 0 of 2" in fig.layout.title.text
 
 
+@pytest.mark.parametrize("heads, cols", [(16, 1), (12, None), (5, 2)])
+def test_any_number_of_heads_lays_out_inside_the_figure(heads, cols):
+    fig = V.visualize_bias_table(torch.randn(9, heads), cols=cols)
+    assert len(fig.data) == heads
+    for k in range(heads):
+        name = "" if k == 0 else str(k + 1)
+        for axis in (fig.layout[f"xaxis{name}"], fig.layout[f"yaxis{name}"]):
+            assert 0.0 <= axis.domain[0] < axis.domain[1] <= 1.0
+        assert fig.layout[f"xaxis{name}"].dtick == 1  # a tick per offset, no half cells
+
+
 def test_bias_is_centred_at_zero_with_a_diverging_scale():
     bias = np.array([[[0.5, -2.0], [1.0, 0.0]]], dtype=np.float32)  # (1, 2, 2)
     fig = V.visualize_relative_position_bias(bias)

@@ -309,18 +309,27 @@ def _grid_layout(
     x_title: str | None = None,
     y_title: str | None = None,
     panel_px: int | None = None,
+    cells: tuple[int, int] | None = None,
 ) -> tuple[dict, list[tuple[str, str]]]:
     """Axes, domains and panel titles for ``len(titles)`` panels in a grid (row-major).
+
+    ``cells`` (rows, columns of each heatmap): sides of at most 12 cells get a tick on every cell
+    (Plotly would otherwise label half-cells such as -0.5).
 
     Returns:
         The layout dict (without ``title``) and each panel's trace axis refs.
     """
     n = len(titles)
     rows, cols = _grid_shape(n, cols)
-    hgap = 0.06 if cols > 1 else 0.0
-    vgap = (0.10 if rows > 1 else 0.0) if n > 1 else 0.0
-    pw = (1.0 - hgap * (cols - 1)) / cols
-    ph = (1.0 - vgap * (rows - 1)) / rows
+    if panel_px is None:
+        panel_px = 460 if n == 1 else 300 if n <= 4 else 240
+    # Gaps in pixels (room for tick labels and panel titles), converted to paper fractions, so any
+    # number of rows and columns fits.
+    gap_x, gap_y = 56, 48
+    paper_w = cols * panel_px + (cols - 1) * gap_x
+    paper_h = rows * panel_px + (rows - 1) * gap_y
+    hgap, vgap = gap_x / paper_w, gap_y / paper_h
+    pw, ph = panel_px / paper_w, panel_px / paper_h
     layout: dict[str, Any] = {}
     refs = []
     annotations = []
@@ -339,6 +348,11 @@ def _grid_layout(
             xa.update(constrain="domain")
         if reverse_y:
             ya["autorange"] = "reversed"
+        if cells is not None:
+            if cells[0] <= 12:
+                ya["dtick"] = 1
+            if cells[1] <= 12:
+                xa["dtick"] = 1
         if x_title and r == rows - 1:
             xa["title"] = {"text": x_title}
         if y_title and c == 0:
@@ -353,12 +367,11 @@ def _grid_layout(
                     "font": {"size": 13},
                 }
             )  # fmt: skip
-    if panel_px is None:
-        panel_px = 460 if n == 1 else 300 if n <= 4 else 240
+    margin = {"l": 64, "r": 40, "t": 84, "b": 56}
     layout["annotations"] = annotations
-    layout["width"] = int(cols * panel_px + 160)
-    layout["height"] = int(rows * (panel_px + 40) + 90)
-    layout["margin"] = {"l": 60, "r": 30, "t": 80, "b": 50}
+    layout["width"] = int(paper_w + margin["l"] + margin["r"] + 90)  # + colorbar
+    layout["height"] = int(paper_h + margin["t"] + margin["b"])
+    layout["margin"] = margin
     return layout, refs
 
 
@@ -432,7 +445,9 @@ def _matrix_figure(
     zmin, zmax = _color_range(mats, diverging, zmid)
     if panel_titles is None:
         panel_titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(panel_titles, cols=cols, x_title="key j", y_title="query i")
+    layout, refs = _grid_layout(
+        panel_titles, cols=cols, x_title="key j", y_title="query i", cells=mats.shape[-2:]
+    )
     traces = []
     for h in range(n_heads):
         xr, yr = refs[h]
@@ -626,7 +641,9 @@ def _table_figure(
     rows = _small_int(np.arange(t).reshape(gh, gw))  # (2h-1, 2w-1) table row of each cell
     zmin, zmax = _color_range(grids, diverging, None)
     titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(titles, cols=cols, x_title="Δx = x_i − x_j", y_title="Δy = y_i − y_j")
+    layout, refs = _grid_layout(
+        titles, cols=cols, x_title="Δx = x_i − x_j", y_title="Δy = y_i − y_j", cells=(gh, gw)
+    )
     tpl = (
         "offset (Δy, Δx) = (%{y}, %{x})<br>table row r = %{customdata}<br>"
         f"{value_label} = %{{z:.4g}}"
@@ -836,7 +853,7 @@ def query_centric_figure(
     )
     zmin, zmax = _color_range(grids, zmid is not None or is_diverging(colorscale), zmid)
     titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(titles, cols=cols, x_title="x", y_title="y")
+    layout, refs = _grid_layout(titles, cols=cols, x_title="x", y_title="y", cells=(h_, w_))
     if opacity is None:
         opacity = 0.55 if image is not None else 1.0
     img_layer = _image_layer(image, window) if image is not None else None
