@@ -29,7 +29,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 import yaml
 
 from relpos.experiments.config_utils import ConfigError

@@ -557,6 +557,11 @@ def _fit(
             restore_rng_state(ckpt["rng"])
         if dd.is_main:
             logger.info("resumed from %s at step %d (epoch %d)", last_path, step, start_epoch)
+            saved = ckpt.get("config") or {}
+            changed = [s for s in ("seed", "data", "model", "train") if s in saved and saved[s] != cfg[s]]
+            if changed:
+                logger.warning("the config differs from the checkpoint's in %s: the resumed run is not "
+                               "the run that was interrupted", ", ".join(changed))
     if dd.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
