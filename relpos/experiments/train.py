@@ -157,6 +157,16 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker init: leave SIGTERM/SIGINT to the main process, which stops cleanly.
+
+    The app stops a run by signalling its whole process group; a worker that died of it would turn
+    a clean cancel into a failed run.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -523,6 +533,8 @@ def _fit(
     sampler = ResumableSampler(train_ds, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=seed)
     pin = device.type == "cuda"
     loader_kwargs = {"num_workers": t_cfg["num_workers"], "pin_memory": pin}
+    if t_cfg["num_workers"] > 0:
+        loader_kwargs["worker_init_fn"] = _ignore_stop_signals
     train_loader = DataLoader(
         train_ds, batch_size=t_cfg["batch_size"], sampler=sampler,
         generator=torch.Generator().manual_seed(seed), **loader_kwargs,
