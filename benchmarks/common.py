@@ -59,7 +59,7 @@ def _time_block(fn: Callable[[], object], number: int) -> float:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.15, warmup: int = 2
+    fns: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.05, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
     """Time each callable in interleaved rounds; ratios are against the first entry, per round.
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import app_bench, attention_bench, vit_bench
 
     start = time.perf_counter()
-    rounds = 5 if args.quick else 11
+    rounds = 9 if args.quick else 25
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     env = common.environment()
     parts = [
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if "sweep" not in skip:
         print("scaling sweep ...", flush=True)
         sides = [4, 8, 16, 32] if args.quick else [4, 8, 12, 16, 24, 32, 48, 64]
-        table = attention_bench.scaling_sweep(sides, 3 if args.quick else 7)
+        table = attention_bench.scaling_sweep(sides, 5 if args.quick else 11)
         parts += ["### Scaling sweep (H=4, D=32, B = max(1, 1024 // N))", table]
     if "gather" not in skip and records:
         print("gather ...", flush=True)
