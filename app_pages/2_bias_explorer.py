@@ -76,17 +76,7 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
     sh.plotly(viz.visualize_bias_table(table, window_size=win, seq_len=seq,
                                        title=f"Bias table ({preset}), {table.shape[0]} offsets × {heads} heads"),
               key="be_table")
-    left, right = st.columns(2)
-    with left:
-        sh.plotly(viz.visualize_relative_position_bias(bias, title=f"Full bias B, head {head}",
-                                                        window_size=win, seq_len=seq),
-                  key="be_bias")
-    with right:
-        sh.plotly(viz.query_centric_figure(bias, query, grid, cmap="coolwarm", zmid=0.0,
-                                           title=f"Bias seen by query {query}, head {head}"),
-                  key="be_query_bias")
-
-    st.subheader("What it does to attention on a fixed input")
+    st.subheader(f"What it does to attention on a fixed input · head {head}")
     with_b, without = demo_data(kind, size, heads, float(init_std), seed, preset, float(alpha), head,
                                 float(content))
     d_with = float(explore.mean_attention_distance(with_b, grid)[0])
@@ -104,9 +94,23 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
     with b:
         sh.plotly(viz.query_centric_figure(without, query, grid, title=f"Query {query}: without bias"),
                   key="be_attn_without")
+    st.subheader(f"The bias it spreads over the window · head {head}")
+    left, right = st.columns(2)
+    with left:
+        sh.plotly(viz.visualize_relative_position_bias(bias, title=f"Full bias B, head {head}",
+                                                        window_size=win, seq_len=seq),
+                  key="be_bias")
+    with right:
+        sh.plotly(viz.query_centric_figure(bias, query, grid, cmap="coolwarm", zmid=0.0,
+                                           title=f"Bias seen by query {query}, head {head}"),
+                  key="be_query_bias")
+
+    st.subheader("Full attention matrices")
     a, b = st.columns(2)
     with a:
-        sh.plotly(viz.visualize_attention_weights(with_b, title="Attention with bias", window_size=win, seq_len=seq), key="be_full_with")
+        sh.plotly(viz.visualize_attention_weights(with_b, title="Attention with bias", window_size=win,
+                                                  seq_len=seq),
+                  key="be_full_with")
     with b:
         sh.plotly(viz.visualize_attention_weights(without, title="Attention without bias", window_size=win,
                                                   seq_len=seq),
