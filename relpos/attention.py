@@ -7,9 +7,10 @@ Two paths compute the same thing:
 
 * the **explicit** path (``ScaledDotProductAttention``): ``softmax(q k^T * scale + bias) v``; it
   materializes the ``(B, H, N, N)`` weights and returns them;
-* the **fused** path: ``torch.nn.functional.scaled_dot_product_attention`` with the bias as a float
-  ``attn_mask``; it never returns weights and, from a few hundred tokens on, is faster and uses far
-  less memory.
+* the **fused** path, which never returns weights: ``torch.nn.functional.scaled_dot_product_attention``
+  with the bias as a 4D float ``attn_mask`` (no ``(B, H, N, N)`` tensor at all), or, when autograd
+  needs a gradient through the bias, ``_BiasedAttentionFunction`` (bias add and softmax in place, a
+  hand-written backward; SDPA's own backward would fall back to its math kernel there).
 
 ``MultiHeadAttention`` returns only its output, so it picks the faster path by size and mode
 (``attn_impl="auto"``). Attention maps are an explicit request: :func:`collect_attention_maps`.
