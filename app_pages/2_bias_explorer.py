@@ -14,7 +14,8 @@ st.markdown(
     "A relative position bias is a small table, one value per offset and head; gathered through the "
     "index it becomes an N×N bias added to the attention logits. Set the table by hand with a "
     "**preset** and see what it does to attention on a fixed input. **Try first:** preset *locality* "
-    "with α = 1, then raise α and watch each query's attention gather around itself."
+    "as it opens, then slide α down to 0 and up to 5 and watch each query's attention spread out and "
+    "gather around itself."
 )
 st.latex(r"\mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + B\right),\quad "
          r"B^{(h)}_{ij} = \mathrm{table}\big[\mathrm{index}[i,j],\, h\big],\quad "
@@ -53,7 +54,7 @@ with c2:
                           help="init: the module's truncated-normal init (std init_std); zeros; "
                           "random: normal with std α; locality: −α·distance in every head; "
                           "alibi: −α·m_h·distance with ALiBi's per-head slopes m_h.")
-    alpha = st.slider("Strength α", 0.0, 5.0, 1.0, 0.1, key="be_alpha")
+    alpha = st.slider("Strength α", 0.0, 5.0, 2.0, 0.1, key="be_alpha")
     heads = int(st.number_input("Heads", 1, explore.MAX_HEADS, 4, key="be_heads"))
 with c3:
     init_std = st.number_input("init_std", 0.0, 2.0, 0.02, 0.01, format="%.3f", key="be_init_std")
@@ -82,11 +83,10 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
     d_with = float(explore.mean_attention_distance(with_b, grid)[0])
     d_without = float(explore.mean_attention_distance(without, grid)[0])
     m1, m2, m3 = st.columns([1, 1, 2])
-    m1.metric("Mean attention distance, with bias", f"{d_with:.2f} tokens", f"{d_with - d_without:+.2f}",
-              delta_color="off")
-    m2.metric("Without bias", f"{d_without:.2f} tokens")
-    m3.caption("Same random queries and keys in both maps; only the bias differs. The distance is "
-               "how far, on average, each query's attention reaches (weighted by the attention).")
+    m1.metric("Reach with bias", f"{d_with:.2f} tokens", f"{d_with - d_without:+.2f}", delta_color="off")
+    m2.metric("Reach without bias", f"{d_without:.2f} tokens")
+    m3.caption("Same random queries and keys in both maps; only the bias differs. *Reach* is the mean "
+               "attention distance: how far, on average, each query's attention goes.")
     a, b = st.columns(2)
     with a:
         sh.plotly(viz.query_centric_figure(with_b, query, grid, title=f"Query {query}: with bias"),

@@ -102,12 +102,12 @@ with sh.guard("compute the attention maps",
         d_with = explore.mean_attention_distance(maps_with, grid)
         d_without = explore.mean_attention_distance(maps_without, grid)
         m1, m2, m3 = st.columns([1, 1, 2])
-        m1.metric(f"Mean attention distance, head {head}", f"{d_with[head]:.2f} patches",
+        m1.metric(f"Reach, head {head}", f"{d_with[head]:.2f} patches",
                   f"{d_with[head] - d_without[head]:+.2f} vs bias zeroed", delta_color="off")
-        m2.metric(f"Layer {layer}, all heads", f"{d_with.mean():.2f} patches",
+        m2.metric(f"Reach, layer {layer} mean", f"{d_with.mean():.2f} patches",
                   f"{d_with.mean() - d_without.mean():+.2f} vs bias zeroed", delta_color="off")
-        m3.caption("How far each query's attention reaches on this input, averaged over queries; "
-                   "a negative change means the bias pulls attention towards nearby patches.")
+        m3.caption("*Reach* is the mean attention distance on this input: how far, on average, each "
+                   "query's attention goes. Negative change: the bias pulls attention towards nearby patches.")
     a, b = st.columns(2)
     with a:
         sh.plotly(viz.query_centric_figure(maps_with[head], query, grid, image=picture,
