@@ -316,10 +316,11 @@ def test_concurrency_limit_message(runs_root, monkeypatch):
     assert sorted(p.name for p in runs_root.iterdir() if p.is_dir()) == ["busy0", "busy1"]
 
 
-def test_no_scripts_in_a_pages_folder():
-    # Streamlit runs a folder named pages/ in its old multipage mode on a deep link to a page
-    # before app.py's st.navigation is reached: the frame and sidebar would be skipped.
-    assert not list((ROOT / "pages").glob("*.py")), "keep page scripts in app_pages/, not pages/"
+def test_no_pages_folder():
+    # A folder named pages/ next to app.py (even an empty one) switches Streamlit to its old
+    # multipage mode for a session's first run: a deep link then skips app.py's frame and sidebar
+    # (with scripts in it) or shows a "Page not found" dialog (empty). Pages live in app_pages/.
+    assert not (ROOT / "pages").exists(), "remove pages/; page scripts live in app_pages/"
 
 
 def test_a_broken_checkpoint_shows_a_readable_error(runs_root):

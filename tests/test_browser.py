@@ -177,7 +177,11 @@ def open_from_sidebar(pg, title: str) -> None:
 
 def set_number(pg, label: str, value: int) -> None:
     box = pg.get_by_label(label, exact=True)
-    box.fill(str(value))
+    try:
+        box.fill(str(value), timeout=30_000)
+    except Exception:
+        shot(pg, f"failed_set_{label.replace(' ', '_')}")
+        raise
     box.press("Enter")
     wait_idle(pg)
 
@@ -187,6 +191,7 @@ def test_deep_link_first_gets_the_frame(server, page):
     page.goto(f"{server['url']}/bias_explorer")
     wait_idle(page)
     assert_no_exception(page, "deep link")
+    assert page.locator("[data-testid='stDialog']").count() == 0, "a dialog (e.g. 'Page not found') is open"
     assert page.locator("[data-testid='stSidebarNavLink']").count() == 6
     assert page.get_by_text("Current model").count() >= 1
     assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
@@ -220,6 +225,15 @@ def test_largest_window(server, page):
     assert_no_exception(page, "bias 32x32x16")
     assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
     shot(page, "2_bias_largest")
+    # The largest model a preset offers: vit_b16 (12 layers x 12 heads on a 14x14 grid).
+    if (ROOT / "configs" / "vit_b16.yaml").is_file():
+        page.get_by_test_id("stSelectbox").filter(has_text="Current model").click()
+        page.get_by_role("option", name="Fresh model · vit_b16 preset").click()
+        wait_idle(page)
+        open_from_sidebar(page, "Attention maps")
+        assert_no_exception(page, "attention vit_b16")
+        assert wait_charts(page, 4) >= 4
+        shot(page, "3_attention_largest")
 
 
 def test_start_a_run_and_watch_its_curve(server, page):
