@@ -441,3 +441,14 @@ def test_largest_preset_model_on_the_attention_page(runs_root):
     figs = charts(at)
     assert {"am_query_with", "am_query_without", "am_heads", "am_diff"} <= set(figs)
     assert len([t for t in figs["am_heads"]["data"] if t.get("type") == "heatmap"]) == 12
+
+
+def test_server_config_is_safe_by_default():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    server = cfg["server"]
+    assert server["address"] == "localhost"  # not reachable from the network unless asked
+    assert server["enableXsrfProtection"] is True
+    assert server["maxUploadSize"] * 2**20 <= explore.MAX_UPLOAD_BYTES
+    assert cfg["client"]["showErrorDetails"] in ("none", "type")  # no tracebacks in the browser
