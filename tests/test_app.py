@@ -444,7 +444,7 @@ def test_largest_preset_model_on_the_attention_page(runs_root):
 
 
 def test_server_config_is_safe_by_default():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     server = cfg["server"]
