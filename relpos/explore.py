@@ -41,24 +41,52 @@ from relpos.relative_position import (
 
 __all__ = [
     "BIAS_PRESETS",
+    "CHECKPOINT_SUFFIXES",
+    "EXPLORE_BIAS_TYPES",
     "MAX_HEADS",
+    "MAX_IMAGE_UPLOAD_BYTES",
     "MAX_SEQ_LEN",
     "MAX_UPLOAD_BYTES",
     "MAX_WINDOW_SIDE",
+    "TRAIN_SETTINGS",
     "UPLOADS_DIR",
     "apply_bias_preset",
     "attention_maps",
+    "bias_arrays",
     "bias_tables",
+    "center_token",
+    "changed_overrides",
+    "check_run_settings",
+    "dataset_classes",
     "decode_cell",
     "demo_attention",
+    "display_image",
+    "format_eta",
+    "fresh_model",
     "image_from_upload",
+    "index_formula_latex",
     "index_matrix",
+    "initial_tables",
+    "layer_biases",
     "list_checkpoints",
     "list_presets",
+    "load_checkpoint_model",
     "make_bias",
+    "mean_attention_distance",
+    "model_summary",
+    "num_tokens",
+    "predict",
+    "preset_config",
     "preset_table",
+    "rpb_modules",
+    "safe_download_name",
+    "sample_input",
     "save_upload",
+    "table_difference",
+    "table_geometry",
     "table_offsets",
+    "train_overrides",
+    "upscale_nearest",
 ]
 
 #: Largest window side (2D) and sequence length (1D) the app offers: 32 x 32 = 1024 tokens keeps
@@ -666,7 +694,7 @@ def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: in
         obj = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a safe checkpoint"
         raise ValueError(f"{base!r} is not a checkpoint torch can load safely (weights_only=True): "
-                         f"{str(exc).splitlines()[0][:300]}") from None
+                         f"{(str(exc).splitlines() or [type(exc).__name__])[0][:300]}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{base!r} holds a {type(obj).__name__}, not a relpos checkpoint dict")
     folder = Path(runs_root) / UPLOADS_DIR
@@ -682,7 +710,7 @@ def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: in
         load_checkpoint_model(tmp)  # must rebuild a model, else it is useless to the app
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"{base!r} is not a relpos checkpoint: {str(exc).splitlines()[0][:300]}") from None
+        raise ValueError(f"{base!r} is not a relpos checkpoint: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}") from None
     for k in range(1, 1000):
         dest = folder / (f"{safe}.pt" if k == 1 else f"{safe}-{k}.pt")
         try:
