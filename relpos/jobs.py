@@ -35,11 +35,13 @@ from relpos.experiments import rundir
 
 __all__ = [
     "ACTIVE_STATES",
+    "CONFIGS_DIR_ENV",
     "OUTPUT_LOG",
     "PROCESS_FILE",
     "RUNS_ROOT_ENV",
     "RunLimitError",
     "cancel_run",
+    "configs_dir",
     "default_runs_root",
     "is_alive",
     "list_presets",
@@ -47,6 +49,7 @@ __all__ = [
     "log_tail",
     "preset_path",
     "reconcile_runs",
+    "run_info",
     "run_pid",
     "sanitize_name",
     "start_run",
