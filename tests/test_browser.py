@@ -210,6 +210,22 @@ def test_every_page_from_the_sidebar(server, page):
         shot(page, f"{i}_{title.split()[0].lower()}")
 
 
+def test_hover_decodes_a_cell(server, page):
+    page.goto(f"{server['url']}/position_indices")
+    wait_idle(page)
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    area = plot.locator(".nsewdrag").first  # the heatmap's plot area
+    box = area.bounding_box()
+    for fx, fy in ((0.1, 0.9), (0.15, 0.85), (0.5, 0.5)):  # mouse moves must cross cells
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=5)
+    hover = page.locator(".hoverlayer .hovertext").first
+    hover.wait_for(timeout=10_000)
+    text = hover.text_content() or ""
+    assert "offset" in text and "table row" in text and "query i" in text, text
+
+
 def test_largest_window(server, page):
     page.goto(f"{server['url']}/position_indices")
     wait_idle(page)
