@@ -46,15 +46,16 @@ def home() -> None:
         ("app_pages/2_bias_explorer.py", "2 · Bias explorer", "set a table by hand, see attention change"),
         ("app_pages/3_attention_maps.py", "3 · Attention maps", "a model's attention with and without bias"),
         ("app_pages/4_train.py", "4 · Train", "train a small model in the background"),
-        ("app_pages/5_checkpoints.py", "5 · Checkpoints & compare", "what training learned, side by side"),
+        ("app_pages/5_checkpoints.py", "5 · Checkpoints", "compare what runs learned"),
     ]
     for col, (page, label, what) in zip(cols, links):
         with col:
             st.page_link(page, label=label)
             st.caption(what)
     st.info(
-        "New here? Open **Position indices**, move the query slider, then go to **Bias explorer** "
-        "and pick the *locality* preset: watch each query's attention gather around itself.",
+        "New here? Open **Position indices** and move the query slider; then open **Bias explorer** "
+        "(it starts on the *locality* preset) and slide α: watch each query's attention gather around "
+        "itself. To see a trained model, start the *default* preset on **Train** (about a minute).",
         icon=":material/lightbulb:",
     )
 
