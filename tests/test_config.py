@@ -95,3 +95,10 @@ def test_overrides():
                      ("train.epochs", "train.epochs")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             apply_overrides({}, [bad])
+
+
+def test_a_model_too_big_for_memory_is_refused_before_it_is_built():
+    # 512 / 2 -> 65536 tokens: the relative position index alone would be 32 GiB per block
+    cfg = {"data": {"img_size": 512, "patch_size": 2, "mark_size": 1}, "model": {"embed_dim": 16, "num_heads": 16}}
+    with pytest.raises(ConfigError, match=r"data\.patch_size 2.*memory"):
+        resolve_config(cfg)

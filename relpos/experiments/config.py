@@ -335,6 +335,25 @@ def _check_model(cfg: dict) -> None:
     if grid * grid > 65536:
         raise _fail("data.patch_size", d["patch_size"], f"large enough that the grid has at most 65536 patches "
                     f"(img_size {d['img_size']} gives {grid * grid})")
+    # Refuse a model that would not fit in memory before anything is allocated (the estimate is
+    # arithmetic on shapes; the budget is relpos.guards', RELPOS_MEMORY_BUDGET_MB).
+    from relpos.guards import ResourceLimitError, check_budget, estimate_model_memory
+
+    kw = model_kwargs(cfg)
+    try:
+        check_budget(estimate_model_memory(
+            img_size=kw["img_size"], patch_size=kw["patch_size"], in_channels=kw["in_channels"],
+            num_classes=kw["num_classes"], embed_dim=kw["embed_dim"], depth=kw["depth"],
+            num_heads=kw["num_heads"], mlp_ratio=kw["mlp_ratio"],
+            use_relative_position=kw["use_relative_position"], bias_type=m["bias_type"],
+            class_token=kw["class_token"], share_bias=kw["share_bias"],
+            position_embedding=kw["position_embedding"],
+        ))
+    except ResourceLimitError as exc:
+        raise ConfigError(
+            f"model (data.img_size {d['img_size']}, data.patch_size {d['patch_size']}, model.embed_dim "
+            f"{m['embed_dim']}, model.depth {m['depth']}, model.num_heads {m['num_heads']}): {exc}"
+        ) from None
     # Build a one-block copy of the model to catch anything the checks above missed, e.g. a keyword
     # in model.rpb that RelativePositionBias does not take (one block: ViT-B/16 checks in ~0.2 s).
     kwargs = {**model_kwargs(cfg), "depth": 1}
