@@ -40,18 +40,20 @@ def home() -> None:
         "shares one table entry, so a table of `(2h − 1)(2w − 1)` rows per head covers the window."
     )
     st.subheader("Where to start")
-    cols = st.columns(5)
     links = [
         ("app_pages/1_position_indices.py", "1 · Position indices", "how offsets become table rows"),
         ("app_pages/2_bias_explorer.py", "2 · Bias explorer", "set a table by hand, see attention change"),
         ("app_pages/3_attention_maps.py", "3 · Attention maps", "a model's attention with and without bias"),
         ("app_pages/4_train.py", "4 · Train", "train a small model in the background"),
         ("app_pages/5_checkpoints.py", "5 · Checkpoints", "compare what runs learned"),
+        ("app_pages/6_resize_lab.py", "6 · Resize lab", "move a trained table to a new window"),
+        ("app_pages/7_import_checkpoint.py", "7 · Import", "read Swin / BEiT tables from a file"),
     ]
-    for col, (page, label, what) in zip(cols, links):
-        with col:
-            st.page_link(page, label=label)
-            st.caption(what)
+    for row in range(0, len(links), 4):  # rows of four, aligned
+        for col, (page, label, what) in zip(st.columns(4), links[row : row + 4]):
+            with col:
+                st.page_link(page, label=label)
+                st.caption(what)
     st.info(
         "New here? Open **Position indices** and move the query slider; then open **Bias explorer** "
         "(it starts on the *locality* preset) and slide α: watch each query's attention gather around "
@@ -109,6 +111,8 @@ def main() -> None:
         st.Page("app_pages/3_attention_maps.py", title="Attention maps", icon=":material/visibility:"),
         st.Page("app_pages/4_train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/5_checkpoints.py", title="Checkpoints & compare", icon=":material/compare:"),
+        st.Page("app_pages/6_resize_lab.py", title="Resize lab", icon=":material/aspect_ratio:"),
+        st.Page("app_pages/7_import_checkpoint.py", title="Import checkpoint", icon=":material/download:"),
     ]
     page = st.navigation(pages)
     sidebar()

@@ -36,6 +36,8 @@ PAGES = {
     "attention": "app_pages/3_attention_maps.py",
     "train": "app_pages/4_train.py",
     "checkpoints": "app_pages/5_checkpoints.py",
+    "resize": "app_pages/6_resize_lab.py",
+    "import": "app_pages/7_import_checkpoint.py",
 }
 TIMEOUT = 120
 
@@ -122,6 +124,8 @@ def test_home_renders(runs_root):
         ("attention", {"am_query_with", "am_query_without", "am_heads"}),
         ("train", set()),
         ("checkpoints", set()),
+        ("resize", set()),
+        ("import", set()),
     ],
 )
 def test_every_page_renders_at_defaults(runs_root, page, expected_charts):

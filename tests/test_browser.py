@@ -43,6 +43,8 @@ PAGES = {
     "Attention maps": ("attention_maps", 3),
     "Train": ("train", 0),
     "Checkpoints & compare": ("checkpoints", 0),
+    "Resize lab": ("resize_lab", 0),
+    "Import checkpoint": ("import_checkpoint", 0),
 }
 
 
@@ -192,7 +194,7 @@ def test_deep_link_first_gets_the_frame(server, page):
     wait_idle(page)
     assert_no_exception(page, "deep link")
     assert page.locator("[data-testid='stDialog']").count() == 0, "a dialog (e.g. 'Page not found') is open"
-    assert page.locator("[data-testid='stSidebarNavLink']").count() == 6
+    assert page.locator("[data-testid='stSidebarNavLink']").count() == len(PAGES) + 1
     assert page.get_by_text("Current model").count() >= 1
     assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
 
@@ -201,7 +203,7 @@ def test_every_page_from_the_sidebar(server, page):
     page.goto(server["url"])
     wait_idle(page)
     assert_no_exception(page, "home")
-    assert page.locator("[data-testid='stSidebarNavLink']").count() == 6
+    assert page.locator("[data-testid='stSidebarNavLink']").count() == len(PAGES) + 1
     shot(page, "0_home")
     for i, (title, (_path, charts)) in enumerate(PAGES.items(), start=1):
         open_from_sidebar(page, title)
