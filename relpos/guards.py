@@ -36,7 +36,9 @@ __all__ = [
     "DEFAULT_BUDGET_MB",
     "MemoryEstimate",
     "ResourceLimitError",
+    "check_bias_budget",
     "check_budget",
+    "check_model_budget",
     "estimate_attention_maps_for",
     "estimate_attention_maps_memory",
     "estimate_bias_memory",
@@ -329,6 +331,26 @@ def estimate_config_memory(cfg: Mapping[str, Any], training: bool = True) -> Mem
     except (KeyError, TypeError) as exc:
         raise ValueError(f"cfg must be a resolved config (data, model, train sections): missing {exc}") from None
     return estimate_model_memory(**kwargs, training=training)
+
+
+def check_bias_budget(
+    num_heads: int,
+    size: tuple[int, int] | int,
+    bias_type: str = "2d",
+    *,
+    num_buckets: int | None = None,
+    cpb_hidden_dim: int | None = None,
+) -> MemoryEstimate:
+    """:func:`check_budget` of :func:`estimate_bias_memory`; ``size`` is a window ``(h, w)`` or a length."""
+    window, length = (size, None) if isinstance(size, (tuple, list)) else (None, size)
+    return check_budget(
+        estimate_bias_memory(num_heads, window, length, bias_type, num_buckets=num_buckets, cpb_hidden_dim=cpb_hidden_dim)
+    )
+
+
+def check_model_budget(**kwargs: Any) -> MemoryEstimate:
+    """:func:`check_budget` of :func:`estimate_model_memory` (same keyword arguments)."""
+    return check_budget(estimate_model_memory(**kwargs))
 
 
 _ESTIMATORS = {

@@ -9,7 +9,9 @@ from relpos.guards import (
     BUDGET_ENV,
     MemoryEstimate,
     ResourceLimitError,
+    check_bias_budget,
     check_budget,
+    check_model_budget,
     estimate_attention_maps_for,
     estimate_attention_maps_memory,
     estimate_bias_memory,
@@ -141,6 +143,16 @@ def test_budget_env_override_and_context(monkeypatch):
 def test_bad_arguments(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+def test_check_helpers():
+    with memory_budget(1):
+        assert check_bias_budget(2, (3, 3)).total == estimate_bias_memory(2, (3, 3)).total
+        assert check_bias_budget(2, 9, "1d").total == estimate_bias_memory(2, seq_len=9, bias_type="1d").total
+        with pytest.raises(ResourceLimitError, match="RelativePositionBias"):
+            check_bias_budget(4, (64, 64))
+        with pytest.raises(ResourceLimitError, match="VisionTransformer"):
+            check_model_budget(embed_dim=1024, depth=24, num_heads=16)
 
 
 def test_format_and_sum():

@@ -264,6 +264,20 @@ def test_hostile_checkpoints_are_refused_and_run_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.timeout(60)
+def test_a_checkpoint_whose_config_describes_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    """Every key within its range, but the model would need ~200 GB: refused by the memory guard,
+    never handed to the allocator (which would raise RuntimeError or take the machine down)."""
+    good = torch.load(io.BytesIO(_good_checkpoint(tmp_path / "good.pt").read_bytes()), weights_only=True)
+    cfg = dict(good["config"], model={**good["config"]["model"], "embed_dim": 65536, "num_heads": 2})
+    path = tmp_path / "huge.pt"
+    path.write_bytes(_torch_bytes({**good, "config": cfg}))
+    with pytest.raises(CheckpointError, match="memory"):
+        load_model_from_checkpoint(path)
+    with pytest.raises(ValueError, match="memory"):
+        explore.save_upload(path.read_bytes(), "huge.pt", tmp_path / "runs")
+
+
 def test_the_payloads_are_live(tmp_path):
     """Control: unpickled without weights_only, the payload does create the marker."""
     marker = tmp_path / "PWNED"
@@ -816,7 +830,8 @@ def test_load_eight_sessions_while_a_run_trains(app_root, tmp_path, procs):
     process) click through the pages at the same moment while a tiny run trains."""
     run = jobs.start_run("tiny", {"train.epochs": 6, "data.num_train": 2048}, runs_root=app_root)
     go = tmp_path / "go"
-    sessions = [procs.start([sys.executable, "-c", SESSION, APP, str(go), *(PAGES if k % 2 else PAGES[::-1])],
+    # each session opens 3 pages, starting at a different one: every page is hit by several at once
+    sessions = [procs.start([sys.executable, "-c", SESSION, APP, str(go), *(PAGES * 2)[k % 5: k % 5 + 3]],
                             tmp_path, env={jobs.RUNS_ROOT_ENV: str(app_root)}) for k in range(8)]
     wait_for(lambda: (rundir.read_status(run) or {}).get("state") == "running", 120, 0.1, "the run to train")
     go.touch()
@@ -835,3 +850,14 @@ def test_load_eight_sessions_while_a_run_trains(app_root, tmp_path, procs):
                       300, 0.5, "the run to finish")
     assert status["state"] == "done", jobs.log_tail(run)
     load_model_from_checkpoint(run / "last.pt")
+
+
+def test_server_listens_on_localhost_with_request_protection():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    server = cfg["server"]
+    assert server["address"] in ("localhost", "127.0.0.1")
+    assert server.get("enableXsrfProtection", True) is True and server.get("enableCORS", True) is True
+    assert 0 < server["maxUploadSize"] <= explore.MAX_UPLOAD_BYTES // (1024 * 1024)
+    assert cfg["client"]["showErrorDetails"] in ("none", False)  # no tracebacks in the browser
