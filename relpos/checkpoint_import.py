@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,16 +212,23 @@ def load_state_dict(source: str | Path | bytes, filename: str | None = None) -> 
         raise ValueError(
             f"checkpoint file {Path(name).name!r} has suffix {suffix!r}; allowed: {', '.join(CHECKPOINT_SUFFIXES)}"
         )
-    if suffix == ".safetensors":
-        import safetensors.torch
+    try:  # corrupt, truncated or unsafe files raise many types (EOFError, UnpicklingError, SafetensorError...)
+        if suffix == ".safetensors":
+            import safetensors.torch
 
-        if isinstance(source, (bytes, bytearray)):
-            obj = safetensors.torch.load(bytes(source))
+            if isinstance(source, (bytes, bytearray)):
+                obj = safetensors.torch.load(bytes(source))
+            else:
+                obj = safetensors.torch.load_file(str(source), device="cpu")
         else:
-            obj = safetensors.torch.load_file(str(source), device="cpu")
-    else:
-        f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-        obj = torch.load(f, map_location="cpu", weights_only=True)
+            f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise  # weights_only refused the file: torch's own message says what and why
+    except Exception as exc:  # noqa: BLE001
+        why = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"cannot read checkpoint file {Path(name).name!r}: it is truncated, corrupt or holds "
+                         f"objects that weights_only=True refuses ({type(exc).__name__}: {why})") from None
     # unwrap {"model": {...}, "epoch": ...}-style checkpoints
     for _ in range(3):
         if not isinstance(obj, dict):

@@ -278,6 +278,24 @@ def test_a_checkpoint_whose_config_describes_a_huge_model_is_refused_before_it_i
         explore.save_upload(path.read_bytes(), "huge.pt", tmp_path / "runs")
 
 
+def test_the_import_page_reader_refuses_hostile_files(tmp_path):
+    """checkpoint_import.load_state_dict (the Swin/BEiT import page): a clear ValueError, or
+    weights_only's own UnpicklingError for a refused pickle; never EOFError/IndexError; no payload runs."""
+    from relpos.checkpoint_import import load_state_dict
+
+    marker = tmp_path / "PWNED"
+    for name, data in hostile_checkpoints(tmp_path, marker).items():
+        if name in ("wrong-model", "newer-format"):
+            continue  # well-formed state dicts: importing foreign weights is that page's job
+        for filename in (f"{name}.pt", f"{name}.safetensors"):
+            with pytest.raises((ValueError, pickle.UnpicklingError)) as err:
+                load_state_dict(data, filename)
+            assert str(err.value).strip(), (filename, type(err.value))
+            if isinstance(err.value, ValueError):
+                assert filename in str(err.value)
+    assert not marker.exists()
+
+
 def test_the_payloads_are_live(tmp_path):
     """Control: unpickled without weights_only, the payload does create the marker."""
     marker = tmp_path / "PWNED"
