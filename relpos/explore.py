@@ -33,16 +33,22 @@ from relpos.attention import (
 )
 from relpos.jobs import list_presets, preset_path, sanitize_name
 from relpos.relative_position import (
+    BIAS_TYPES,
     RelativePositionBias,
     alibi_slopes,
+    check_rpb_kwargs,
     get_relative_position_index_1d,
     get_relative_position_index_2d,
+    t5_relative_position_bucket,
 )
 
 __all__ = [
     "BIAS_PRESETS",
     "CHECKPOINT_SUFFIXES",
+    "DIAGNOSTIC_MEASURES",
     "EXPLORE_BIAS_TYPES",
+    "INDEX_BIAS_TYPES",
+    "LEARNED_BIAS_TYPES",
     "MAX_HEADS",
     "MAX_IMAGE_UPLOAD_BYTES",
     "MAX_SEQ_LEN",
@@ -60,6 +66,10 @@ __all__ = [
     "dataset_classes",
     "decode_cell",
     "demo_attention",
+    "diagnostics_table",
+    "cached_diagnostics",
+    "family_grid",
+    "grid_part",
     "display_image",
     "format_eta",
     "fresh_model",
@@ -102,8 +112,26 @@ UPLOADS_DIR = "uploads"
 #: ``random`` a normal with std ``alpha``; ``locality`` ``-alpha * distance`` in every head;
 #: ``alibi`` ``-alpha * m_h * distance`` with ALiBi's head slopes ``m_h`` (:func:`alibi_slopes`).
 BIAS_PRESETS: tuple[str, ...] = ("init", "zeros", "random", "locality", "alibi")
-#: The bias families the explorer pages draw: learned tables over a 1D sequence or a 2D window.
-EXPLORE_BIAS_TYPES: tuple[str, ...] = ("2d", "1d")
+#: The bias families the bias explorer draws: every family of the library (the same tuple).
+EXPLORE_BIAS_TYPES: tuple[str, ...] = BIAS_TYPES
+#: The position index pages (index matrix, decoded cells) cover the plain 2D window and 1D sequence.
+INDEX_BIAS_TYPES: tuple[str, ...] = ("2d", "1d")
+#: Families with a learned table that :data:`BIAS_PRESETS` can overwrite ("alibi" is fixed, "cpb"
+#: is computed by an MLP: neither has a table to edit).
+LEARNED_BIAS_TYPES: tuple[str, ...] = ("1d", "2d", "2d_cls", "t5")
+#: The explorer's 2D families (a window ``(h, w)``); "1d" and "t5" take a length ``L``. The explorer
+#: draws "alibi" on a 2D window (as in a ViT).
+_EXPLORE_2D: tuple[str, ...] = ("2d", "2d_cls", "cpb", "alibi")
+#: The per-head measures of :func:`relpos.diagnostics.bias_diagnostics`, with one line each.
+DIAGNOSTIC_MEASURES: dict[str, str] = {
+    "locality": "expected query-key distance (patches) under softmax of the bias alone; small = local",
+    "locality_ratio": "locality divided by the same under uniform attention (1 = no preference, < 1 local)",
+    "symmetry": "correlation of b(Δ) with b(−Δ): 1 symmetric, −1 antisymmetric",
+    "bias_entropy": "entropy of softmax of the bias alone (log N = uniform)",
+    "kl": "KL(attention with bias ‖ without) on this input: how far the bias moves attention (0 = not at all)",
+    "entropy": "entropy of the attention with the bias on this input (low = focused)",
+    "entropy_no_bias": "entropy of the same attention with every bias removed",
+}
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 _FORWARD_LOCK = threading.RLock()
 
@@ -112,10 +140,37 @@ _FORWARD_LOCK = threading.RLock()
 
 
 def _check_size(bias_type: str, size: Any) -> tuple[int, int] | int:
-    check_choice("bias_type", bias_type, EXPLORE_BIAS_TYPES)
+    check_choice("bias_type", bias_type, INDEX_BIAS_TYPES)
     if bias_type == "2d":
         return check_window_size("window_size", size, maximum=MAX_WINDOW_SIDE)
     return check_int("seq_len", size, maximum=MAX_SEQ_LEN)
+
+
+def _check_family_size(bias_type: str, size: Any) -> tuple[int, int] | int:
+    check_choice("bias_type", bias_type, EXPLORE_BIAS_TYPES)
+    if bias_type in _EXPLORE_2D:
+        return check_window_size("window_size", size, maximum=MAX_WINDOW_SIDE)
+    return check_int("seq_len", size, maximum=MAX_SEQ_LEN)
+
+
+def family_grid(bias_type: str, size: Any) -> tuple[int, int]:
+    """The explorer's token grid of a family: ``(h, w)`` for 2D families, ``(1, L)`` for "1d"/"t5"."""
+    size = _check_family_size(bias_type, size)
+    return size if isinstance(size, tuple) else (1, size)
+
+
+def grid_part(matrix: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Drop a leading class token: ``(..., N+1, N+1)`` -> ``(..., N, N)`` when ``N + 1 = h*w + 1``.
+
+    Matrices that already cover ``h * w`` tokens are returned as they are; others are a ValueError.
+    """
+    h, w = check_window_size("grid", grid)
+    n = matrix.shape[-1]
+    if n == h * w:
+        return matrix
+    if n == h * w + 1:
+        return matrix[..., 1:, 1:]  # (..., N, N) patch tokens only
+    raise ValueError(f"matrix covers {n} tokens; grid {(h, w)} has {h * w} (or {h * w + 1} with a class token)")
 
 
 def num_tokens(bias_type: str, size: Any) -> int:
@@ -191,10 +246,26 @@ def index_formula_latex(cell: dict) -> str:
 # --------------------------------------------------------------------------- bias tables and presets
 
 
-def _distances(bias_type: str, size: Any) -> torch.Tensor:
-    offsets = torch.as_tensor(table_offsets(bias_type, size), dtype=torch.float32)
-    if bias_type == "2d":
-        return offsets.pow(2).sum(dim=1).sqrt()  # (T,) Euclidean |(Δy, Δx)|
+def _t5_bucket_distances(num_buckets: int, max_distance: int) -> torch.Tensor:
+    """``(num_buckets,)``: the smallest ``|offset|`` in each T5 bucket (``max_distance`` if none)."""
+    rel = torch.arange(-2 * max_distance, 2 * max_distance + 1)  # (4 max_distance + 1,)
+    buckets = t5_relative_position_bucket(rel, num_buckets, max_distance)
+    out = torch.full((num_buckets,), float(max_distance))
+    out.scatter_reduce_(0, buckets, rel.abs().float(), reduce="amin")
+    return out  # (num_buckets,)
+
+
+def _distances(bias_type: str, size: Any, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """``(T,)`` distance each table row stands for (class-token rows and rows of 2D ALiBi: as 2D)."""
+    if bias_type == "t5":
+        return _t5_bucket_distances(num_buckets, max_distance)
+    if bias_type in _EXPLORE_2D:
+        offsets = torch.as_tensor(table_offsets("2d", size), dtype=torch.float32)
+        dist = offsets.pow(2).sum(dim=1).sqrt()  # (T,) Euclidean |(Δy, Δx)|
+        if bias_type == "2d_cls":
+            dist = torch.cat([dist, torch.zeros(3)])  # (T + 3,): the class-token rows are at distance 0
+        return dist
+    offsets = torch.as_tensor(table_offsets("1d", size), dtype=torch.float32)
     return offsets.abs()  # (T,)
 
 
@@ -206,6 +277,9 @@ def preset_table(
     alpha: float = 1.0,
     seed: int = 0,
     init_std: float = 0.02,
+    *,
+    num_buckets: int | None = None,
+    max_distance: int | None = None,
 ) -> torch.Tensor:
     """A ``(T, H)`` bias table for one of :data:`BIAS_PRESETS`.
 
@@ -213,19 +287,29 @@ def preset_table(
         preset: ``init`` (truncated normal with ``init_std``, as the module initializes),
             ``zeros``, ``random`` (normal with std ``alpha``), ``locality`` (``-alpha * distance``
             in every head) or ``alibi`` (``-alpha * m_h * distance`` with ALiBi's slopes ``m_h``).
-        bias_type, size: ``"2d"`` and ``(h, w)``, or ``"1d"`` and ``L``.
+        bias_type, size: a learned family (:data:`LEARNED_BIAS_TYPES`): ``"2d"``/``"2d_cls"`` and
+            ``(h, w)``, or ``"1d"``/``"t5"`` and ``L``. "2d_cls" puts its 3 class-token rows at
+            distance 0; "t5" uses each bucket's smallest ``|offset|`` as its distance.
         num_heads: ``H``.
         alpha: strength of ``random``, ``locality`` and ``alibi``.
         seed: seed of ``init`` and ``random``.
         init_std: std of ``init``.
+        num_buckets, max_distance: "t5" only (defaults 32 and 128, as the module).
     """
     check_choice("preset", preset, BIAS_PRESETS)
-    size = _check_size(bias_type, size)
+    check_choice("bias_type", bias_type, LEARNED_BIAS_TYPES)
+    size = _check_family_size(bias_type, size)
     num_heads = check_int("num_heads", num_heads, maximum=64)
     alpha = check_float("alpha", alpha, minimum=0.0, maximum=100.0)
     seed = check_int("seed", seed, minimum=0)
     init_std = check_float("init_std", init_std, minimum=0.0, maximum=10.0)
-    dist = _distances(bias_type, size)  # (T,)
+    t5 = {}
+    if bias_type == "t5":
+        nb = check_int("num_buckets", 32 if num_buckets is None else num_buckets, minimum=4, maximum=1024)
+        md = check_int("max_distance", 128 if max_distance is None else max_distance, minimum=nb // 4 + 1,
+                       maximum=100_000)
+        t5 = {"num_buckets": nb, "max_distance": md}
+    dist = _distances(bias_type, size, **t5)  # (T,)
     t = dist.shape[0]
     gen = torch.Generator().manual_seed(seed)
     if preset == "zeros":
@@ -250,17 +334,46 @@ def make_bias(
     seed: int = 0,
     preset: str = "init",
     alpha: float = 1.0,
+    **options: Any,
 ) -> RelativePositionBias:
-    """A fresh :class:`RelativePositionBias` whose table is :func:`preset_table` (eval mode)."""
-    size = _check_size(bias_type, size)
+    """A fresh :class:`RelativePositionBias` of any family (eval mode, no gradients).
+
+    Args:
+        bias_type: one of :data:`EXPLORE_BIAS_TYPES`.
+        size: ``(h, w)`` for "2d", "2d_cls", "cpb" and "alibi" (drawn on a 2D window here), ``L``
+            for "1d" and "t5".
+        num_heads: ``H``.
+        init_std: std of the learned tables' init.
+        seed: seed of the module's init (and of the ``init``/``random`` presets).
+        preset: learned families: their table becomes :func:`preset_table`; "alibi" (fixed) and
+            "cpb" (computed by an MLP) have no table to set and take only ``"init"``.
+        alpha: strength of the preset.
+        **options: the family's options (``num_buckets``, ``max_distance``, ``alibi_distance``,
+            ``cpb_hidden_dim``); another family's option is a ValueError.
+    """
+    size = _check_family_size(bias_type, size)
     num_heads = check_int("num_heads", num_heads, maximum=MAX_HEADS)
-    kwargs = {"window_size": size} if bias_type == "2d" else {"seq_len": size}
+    if "cpb_hidden_dim" in options and options["cpb_hidden_dim"] is not None:
+        check_int("cpb_hidden_dim", options["cpb_hidden_dim"], maximum=4096)
+    options = {k: v for k, v in options.items() if v is not None}
+    kwargs = {"window_size": size} if isinstance(size, tuple) else {"seq_len": size}
+    check_rpb_kwargs({"bias_type": bias_type, **kwargs, **options})
+    if bias_type not in LEARNED_BIAS_TYPES and preset != "init":
+        check_choice("preset", preset, BIAS_PRESETS)
+        raise ValueError(
+            f"preset {preset!r} cannot apply to bias_type {bias_type!r}: "
+            + ("ALiBi's table is fixed by its head slopes (no parameters)" if bias_type == "alibi"
+               else "cpb's table is computed by its MLP (16·sigmoid(MLP(log coordinates)))")
+            + "; use preset 'init'"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        rpb = RelativePositionBias(num_heads=num_heads, bias_type=bias_type, init_std=init_std, **kwargs)
-    table = preset_table(preset, bias_type, size, num_heads, alpha=alpha, seed=seed, init_std=init_std)
-    with torch.no_grad():
-        rpb.relative_position_bias_table.copy_(table)
+        rpb = RelativePositionBias(num_heads=num_heads, bias_type=bias_type, init_std=init_std, **kwargs, **options)
+    if bias_type in LEARNED_BIAS_TYPES:
+        t5 = {k: getattr(rpb, k) for k in ("num_buckets", "max_distance")} if bias_type == "t5" else {}
+        table = preset_table(preset, bias_type, size, num_heads, alpha=alpha, seed=seed, init_std=init_std, **t5)
+        with torch.no_grad():
+            rpb.relative_position_bias_table.copy_(table)
     return rpb.eval().requires_grad_(False)
 
 
@@ -374,16 +487,17 @@ def layer_biases(model: nn.Module) -> list[np.ndarray]:
 
 
 def table_geometry(model: nn.Module) -> dict:
-    """``{"bias_type", "window_size", "seq_len"}`` of the model's first bias (for drawing tables)."""
+    """``{"bias_type", "window_size", "seq_len", "max_distance"}`` of the model's first bias, as
+    :func:`relpos.experiments.visualize.visualize_bias_table` takes them (``max_distance``: "t5" only)."""
     rpbs = rpb_modules(model)
     if not rpbs:
-        return {"bias_type": None, "window_size": None, "seq_len": None}
+        return {"bias_type": None, "window_size": None, "seq_len": None, "max_distance": None}
     m = rpbs[0]
-    two_d = m.bias_type in ("2d", "cpb") or (m.bias_type == "alibi" and m.window_size is not None)
     return {
         "bias_type": m.bias_type,
-        "window_size": m.window_size if two_d else None,
-        "seq_len": m.seq_len if m.bias_type in ("1d",) or (m.bias_type == "alibi" and not two_d) else None,
+        "window_size": m.window_size,
+        "seq_len": m.seq_len if m.window_size is None else None,
+        "max_distance": getattr(m, "max_distance", None) if m.bias_type == "t5" else None,
     }
 
 
@@ -399,16 +513,19 @@ def apply_bias_preset(model: nn.Module, preset: str, alpha: float = 1.0, seed: i
     rpbs = rpb_modules(model)
     if not rpbs:
         raise ValueError("this model has no relative position bias: presets need use_relative_position=True")
-    if rpbs[0].bias_type not in EXPLORE_BIAS_TYPES:
+    if rpbs[0].bias_type not in LEARNED_BIAS_TYPES:
         raise ValueError(
-            f"table presets apply to learned '2d' and '1d' tables; this model uses bias_type "
-            f"{rpbs[0].bias_type!r}: choose 'as loaded'"
+            f"table presets apply to learned tables ({', '.join(LEARNED_BIAS_TYPES)}); this model uses "
+            f"bias_type {rpbs[0].bias_type!r}, whose table is "
+            + ("fixed by ALiBi's slopes" if rpbs[0].bias_type == "alibi" else "computed by an MLP")
+            + ": choose 'as loaded'"
         )
     new = copy.deepcopy(model).eval()
     for layer, m in enumerate(rpb_modules(new)):
-        size = m.window_size if m.bias_type == "2d" else m.seq_len
+        size = m.window_size if m.window_size is not None else m.seq_len
+        t5 = {k: getattr(m, k) for k in ("num_buckets", "max_distance")} if m.bias_type == "t5" else {}
         table = preset_table(preset, m.bias_type, size, m.num_heads, alpha=alpha, seed=seed + layer,
-                             init_std=m.init_std)
+                             init_std=m.init_std, **t5)
         with torch.no_grad():
             m.relative_position_bias_table.copy_(table)
     return new
@@ -710,7 +827,7 @@ def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: in
         load_checkpoint_model(tmp)  # must rebuild a model, else it is useless to the app
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"{base!r} is not a relpos checkpoint: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}") from None
+        raise ValueError(f"{base!r} is not a relpos checkpoint: {(str(exc).splitlines() or [type(exc).__name__])[0][:800]}") from None
     for k in range(1, 1000):
         dest = folder / (f"{safe}.pt" if k == 1 else f"{safe}-{k}.pt")
         try:
@@ -747,3 +864,72 @@ def format_eta(seconds: float | None) -> str:
 def safe_download_name(name: str) -> str:
     """A file name for a download button (no path, no odd characters)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(name)) or "download"
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def diagnostics_table(model: nn.Module, inputs: torch.Tensor | None = None) -> list[dict]:
+    """:func:`relpos.diagnostics.bias_diagnostics` pivoted by measure: one row per (layer, head).
+
+    Each row: ``layer`` (block index in attention order), ``head``, then every
+    :data:`DIAGNOSTIC_MEASURES` key the model has (the attention measures only with ``inputs``).
+    A bias shared by all blocks gives its bias measures to every block's rows.
+
+    Args:
+        model: a model with relative position biases (none: ``[]``).
+        inputs: e.g. images ``(B, C, H, W)`` for the KL and entropy measures, or None.
+    """
+    from relpos.attention import MultiHeadAttention
+    from relpos.diagnostics import bias_diagnostics, diagnostics_rows
+
+    with _FORWARD_LOCK:
+        diag = bias_diagnostics(model, inputs)
+    attn_names = [n or "attention" for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    bias_names = [b["name"] for b in diag["biases"]]
+
+    def layers_of(name: str) -> list[int]:
+        if name in attn_names:
+            return [attn_names.index(name)]
+        own = [k for k, a in enumerate(attn_names) if name.startswith(a + ".")]
+        if own:
+            return own
+        return list(range(len(attn_names))) if len(bias_names) == 1 else [bias_names.index(name)]
+
+    table: dict[tuple[int, int], dict] = {}
+    for row in diagnostics_rows(diag):
+        for layer in layers_of(row["layer"]):
+            key = (layer, row["head"])
+            table.setdefault(key, {"layer": layer, "head": row["head"]})[row["measure"]] = row["value"]
+    return [table[k] for k in sorted(table)]
+
+
+_DIAG_CACHE: dict[tuple, list[dict]] = {}
+_DIAG_LOCK = threading.Lock()
+_DIAG_MAX = 16
+
+
+def cached_diagnostics(path: str | Path, modified: float, model: nn.Module, inputs: torch.Tensor | None,
+                       input_key: Any = None) -> list[dict]:
+    """:func:`diagnostics_table` once per ``(path, modified, input_key)``: the app's cached call.
+
+    Args:
+        path: the checkpoint (or a source name) the model came from.
+        modified: its modification time (a rewritten file is measured again).
+        model: the model loaded from ``path``.
+        inputs: its inputs (see :func:`diagnostics_table`).
+        input_key: a hashable name of ``inputs`` (e.g. the sample index).
+
+    Returns:
+        A fresh copy of the rows (callers may change it).
+    """
+    key = (str(path), float(modified), input_key)
+    with _DIAG_LOCK:
+        hit = _DIAG_CACHE.get(key)
+    if hit is None:
+        hit = diagnostics_table(model, inputs)
+        with _DIAG_LOCK:
+            if len(_DIAG_CACHE) >= _DIAG_MAX:
+                _DIAG_CACHE.pop(next(iter(_DIAG_CACHE)))
+            _DIAG_CACHE[key] = hit
+    return [dict(r) for r in hit]

@@ -225,7 +225,8 @@ def test_fresh_model_is_seeded_and_frozen():
     summary = explore.model_summary(a)
     assert summary["depth"] == 2 and summary["num_heads"] == 2 and summary["bias_type"] == "2d"
     assert summary["grid"] == (4, 4) and summary["num_tokens"] == 16
-    assert explore.table_geometry(a) == {"bias_type": "2d", "window_size": (4, 4), "seq_len": None}
+    assert explore.table_geometry(a) == {"bias_type": "2d", "window_size": (4, 4), "seq_len": None,
+                                         "max_distance": None}
 
 
 def test_sample_input_and_classes():

@@ -41,12 +41,14 @@ from relpos.experiments.rundir import atomic_write_bytes
 
 __all__ = [
     "SAVE_SUFFIXES",
+    "CLS_ROW_NAMES",
     "block_average",
     "difference_figure",
     "figure_bytes",
     "figure_payload_bytes",
     "query_centric_figure",
     "save_figure",
+    "t5_bucket_map_figure",
     "training_curves_figure",
     "visualize_attention_weights",
     "visualize_bias_table",
@@ -662,6 +664,98 @@ def _table_figure(
     return go.Figure(data=traces, layout=layout)
 
 
+def _t5_bucket_offsets(num_buckets: int, max_distance: int, seq_len: int | None) -> list[np.ndarray]:
+    """For each bucket, the offsets ``j - i`` (key − query) that fall in it: within ``±(L-1)`` when
+    ``seq_len`` is given, else within ``±max_distance`` (beyond it everything shares the last bucket)."""
+    from relpos.relative_position import t5_relative_position_bucket
+
+    reach = (seq_len - 1) if seq_len is not None else max_distance
+    rel = torch.arange(-reach, reach + 1)  # (2 reach + 1,) offsets key − query
+    buckets = t5_relative_position_bucket(rel, num_buckets, max_distance).numpy()
+    offs = rel.numpy()
+    return [offs[buckets == b] for b in range(num_buckets)]
+
+
+def _offset_ranges(offs: np.ndarray) -> str:
+    """``[-3]`` -> ``"−3"``; ``[5, 6, 7]`` -> ``"5..7"``; ``[]`` -> ``"none"``."""
+    if offs.size == 0:
+        return "none"
+    lo, hi = int(offs.min()), int(offs.max())
+    return f"{lo}" if lo == hi else f"{lo}..{hi}"
+
+
+def _t5_table_figure(
+    table: np.ndarray, *, title: str, seq_len: int | None, max_distance: int | None, value_label: str
+) -> go.Figure:
+    """A ``(num_buckets, H)`` T5 table as one curve per head over bucket indices; the hover (and the
+    hidden ``customdata``) says which offsets ``j − i`` fall in each bucket."""
+    t, n_heads = table.shape
+    if t < 4:
+        raise ValueError(f"a t5 table needs num_buckets >= 4 rows, the table has {t}")
+    max_distance = 128 if max_distance is None else check_int("max_distance", max_distance, minimum=t // 4 + 1)
+    per_bucket = _t5_bucket_offsets(t, max_distance, seq_len)
+    labels = np.array([_offset_ranges(o) for o in per_bucket], dtype=object)  # (num_buckets,)
+    counts = np.array([o.size for o in per_bucket])  # (num_buckets,)
+    buckets = np.arange(t)
+    cd = np.stack([labels, counts.astype(object)], axis=1)  # (num_buckets, 2)
+    traces = [
+        go.Scatter(
+            x=buckets, y=table[:, h], customdata=cd, mode="lines+markers", name=f"head {h}",
+            hovertemplate="bucket %{x}<br>offsets j − i = %{customdata[0]} (%{customdata[1]} offsets)<br>"
+            f"{value_label} = %{{y:.4g}}<extra>head {h}</extra>",
+        )
+        for h in range(n_heads)
+    ]  # fmt: skip
+    half = t // 2
+    reach = f"L = {seq_len}" if seq_len is not None else f"offsets up to ±{max_distance}"
+    layout = {
+        "title": {"text": _full_title(title, [f"T5, {t} buckets, max_distance {max_distance}", reach]), "x": 0.02},
+        "xaxis": {"title": {"text": f"bucket (0..{half - 1}: key before or at query; {half}..{t - 1}: key after)"},
+                  "dtick": 1 if t <= 40 else None},
+        "yaxis": {"title": {"text": value_label}, "zeroline": True},
+        "shapes": [{"type": "line", "x0": half - 0.5, "x1": half - 0.5, "y0": 0, "y1": 1, "yref": "paper",
+                    "line": {"dash": "dot", "color": "grey"}}],
+        "width": 720, "height": 440, "hovermode": "closest",
+    }  # fmt: skip
+    return go.Figure(data=traces, layout=layout)
+
+
+def t5_bucket_map_figure(
+    num_buckets: int, max_distance: int, seq_len: int | None = None, *, title: str = "T5: offset → bucket"
+) -> go.Figure:
+    """Which bucket each offset ``j − i`` (key − query) falls in: a step curve (the x axis of
+    :func:`visualize_bias_table`'s T5 curve is this curve's y axis).
+
+    Args:
+        num_buckets: total buckets (>= 4).
+        max_distance: offset from which all share the last bucket of their direction.
+        seq_len: draw offsets within ``±(L-1)`` (default ``±max_distance``).
+        title: figure title.
+    """
+    from relpos.relative_position import t5_relative_position_bucket
+
+    num_buckets = check_int("num_buckets", num_buckets, minimum=4)
+    max_distance = check_int("max_distance", max_distance, minimum=num_buckets // 4 + 1)
+    reach = (check_int("seq_len", seq_len) - 1) if seq_len is not None else max_distance
+    rel = torch.arange(-reach, reach + 1)  # (2 reach + 1,)
+    buckets = t5_relative_position_bucket(rel, num_buckets, max_distance).numpy()
+    trace = go.Scatter(
+        x=rel.numpy(), y=buckets, mode="lines+markers", line={"shape": "hv"}, name="bucket",
+        hovertemplate="offset j − i = %{x}<br>bucket %{y}<extra></extra>",
+    )  # fmt: skip
+    layout = {
+        "title": {"text": _check_title(title), "x": 0.02},
+        "xaxis": {"title": {"text": "offset j − i (key − query)"}, "zeroline": True},
+        "yaxis": {"title": {"text": "bucket"}, "range": [-0.5, num_buckets - 0.5]},
+        "width": 720, "height": 360, "hovermode": "closest",
+    }  # fmt: skip
+    return go.Figure(data=[trace], layout=layout)
+
+
+#: Names of the three class-token rows at the end of a "2d_cls" table, in order.
+CLS_ROW_NAMES: tuple[str, ...] = ("cls → token", "token → cls", "cls → cls")
+
+
 def visualize_bias_table(
     bias_table: torch.Tensor | np.ndarray,
     save_path: str | Path | None = None,
@@ -671,31 +765,72 @@ def visualize_bias_table(
     seq_len: int | None = None,
     cmap: str = "coolwarm",
     cols: int | None = None,
+    bias_type: str | None = None,
+    max_distance: int | None = None,
 ) -> go.Figure:
     """The bias table per head: a 2D table as its ``(2h-1) x (2w-1)`` grid of offsets, a 1D table
-    as a curve over offsets ``-(L-1) .. L-1``.
+    as a curve over offsets ``-(L-1) .. L-1``, a T5 table as a curve over its buckets.
 
     Args:
-        bias_table: ``(T, H)`` (or ``(T,)`` for one head), e.g. ``relative_position_bias_table``.
+        bias_table: ``(T, H)`` (or ``(T,)`` for one head), e.g. ``rpb.effective_table()``.
         save_path: where to save the figure (``.html``, ``.png`` or ``.svg``), or None.
         title: figure title.
-        window_size: ``(h, w)`` of a 2D table (``T = (2h-1)(2w-1)``).
-        seq_len: ``L`` of a 1D table (``T = 2L-1``).
+        window_size: ``(h, w)`` of a 2D table (``T = (2h-1)(2w-1)``, ``+ 3`` for "2d_cls").
+        seq_len: ``L`` of a 1D table (``T = 2L-1``); for "t5" the length whose offsets the hover lists.
             Neither given: ``T`` the square of an odd number -> square 2D window; other odd ``T``
             -> 1D; otherwise ValueError.
         cmap: matplotlib or Plotly colormap name (2D grids; diverging scales centred at 0).
         cols: panels per row.
+        bias_type: the family (one of :data:`relpos.relative_position.BIAS_TYPES`) or None (a plain
+            "1d"/"2d" table). "t5": ``T = num_buckets`` rows drawn as curves over bucket indices (hover:
+            the offsets ``j − i`` in each bucket). "2d_cls": the last 3 rows (:data:`CLS_ROW_NAMES`)
+            are left out of the grid and written under it per head. "cpb" (the MLP's ``16·sigmoid``
+            output over the log-spaced offsets) and 2D "alibi" are drawn as 2D grids.
+        max_distance: "t5" only: the table's ``max_distance`` (default 128), for the hover.
 
     Returns:
         The figure: grid cell ``(Δy, Δx)`` of head ``h`` shows
         ``table[(Δy + h - 1)(2w - 1) + (Δx + w - 1), h]``.
     """
+    from relpos.relative_position import BIAS_TYPES
+
     title, path = _check_title(title), _check_save_path(save_path)
+    if bias_type is not None:
+        check_choice("bias_type", bias_type, BIAS_TYPES)
     table = _as_table("bias_table", bias_table)
+    if bias_type == "t5":
+        fig = _t5_table_figure(table, title=title, seq_len=_seq_len_or_none(seq_len),
+                               max_distance=max_distance, value_label="bias")
+        return _finish(fig, path)
+    notes: list[str] = []
+    cls_rows = None
+    if bias_type == "2d_cls":
+        if table.shape[0] < 4:
+            raise ValueError(f"a 2d_cls table needs (2h-1)(2w-1) + 3 rows, the table has {table.shape[0]}")
+        table, cls_rows = table[:-3], table[-3:]  # (T-3, H) grid rows, (3, H) class-token rows
+        notes.append("class-token rows below")
     fig = _table_figure(
-        table, title=title, notes=[], window=_window_or_none(window_size),
+        table, title=title, notes=notes, window=_window_or_none(window_size),
         seq_len=_seq_len_or_none(seq_len), cmap=cmap, value_label="bias", cols=cols,
     )  # fmt: skip
+    if cls_rows is not None:
+        shown = min(cls_rows.shape[1], 8)
+        lines = [
+            f"head {h}: " + ", ".join(f"{name} {cls_rows[k, h]:.3g}" for k, name in enumerate(CLS_ROW_NAMES))
+            for h in range(shown)
+        ]
+        if cls_rows.shape[1] > shown:
+            lines.append(f"... {cls_rows.shape[1] - shown} more heads")
+        height = fig.layout.height or 440
+        fig.update_layout(
+            height=height + 18 * len(lines) + 20,
+            margin={"b": 40 + 18 * len(lines)},
+            meta={"cls_rows": cls_rows.tolist(), "cls_row_names": list(CLS_ROW_NAMES)},
+        )
+        fig.add_annotation(
+            text="<br>".join(lines), xref="paper", yref="paper", x=0.0, y=0.0, yshift=-(30 + 9 * len(lines)),
+            xanchor="left", yanchor="middle", showarrow=False, align="left", font={"size": 11},
+        )
     return _finish(fig, path)
 
 
