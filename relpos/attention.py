@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relpos._validation import check_bool, check_choice, check_float, check_int
+from relpos.guards import check_budget, estimate_attention_maps_for
 from relpos.relative_position import RelativePositionBias
 
 __all__ = [
@@ -356,6 +357,8 @@ def resolve_rpb_kwargs(rpb_kwargs: dict | None, num_heads: int) -> dict:
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
 
 
@@ -391,6 +394,7 @@ def collect_attention_maps(
     mods = _attention_modules(model)
     if not mods:
         raise ValueError(f"model ({type(model).__name__}) has no MultiHeadAttention layer")
+    check_budget(estimate_attention_maps_for(model, *inputs))
     maps: list[torch.Tensor | None] = [None] * len(mods)
     handles = []
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from relpos._validation import check_choice, check_float, check_int, check_window_size
+from relpos.guards import check_bias_budget
 
 __all__ = [
     "ALIBI_DISTANCES",
@@ -334,6 +335,7 @@ class RelativePositionBias(nn.Module):
 
         self._cache: tuple[tuple, torch.Tensor] | None = None
         size = self._check_size(window_size, seq_len)
+        check_bias_budget(self.num_heads, size, bias_type, num_buckets=num_buckets, cpb_hidden_dim=cpb_hidden_dim)
         self._build(size)
         if bias_type in _LEARNED_FAMILIES:
             self.relative_position_bias_table = nn.Parameter(
@@ -492,6 +494,8 @@ class RelativePositionBias(nn.Module):
             old = self.seq_len
         if new == old:
             return
+        check_bias_budget(self.num_heads, new, self.bias_type, num_buckets=getattr(self, "num_buckets", None),
+                          cpb_hidden_dim=getattr(self, "cpb_hidden_dim", None))
         if self.bias_type in ("1d", "2d", "2d_cls"):
             old_w = old if isinstance(old, tuple) else (1, old)
             new_w = new if isinstance(new, tuple) else (1, new)

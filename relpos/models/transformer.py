@@ -22,6 +22,7 @@ from torch import nn
 from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
 from relpos.attention import MultiHeadAttention, resolve_rpb_kwargs
 from relpos.data.dataset import PatchEmbedding
+from relpos.guards import check_model_budget
 from relpos.relative_position import RelativePositionBias, check_rpb_kwargs, is_2d_family
 
 __all__ = ["POSITION_EMBEDDINGS", "Mlp", "TransformerBlock", "VisionTransformer"]
@@ -166,6 +167,11 @@ class VisionTransformer(nn.Module):
                 "set use_relative_position=True or drop rpb_kwargs"
             )
         self.rpb_kwargs = rpb_kwargs
+        check_model_budget(img_size=self.patch_embed.img_size, patch_size=patch_size, in_channels=in_channels,
+                           num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           mlp_ratio=mlp_ratio, use_relative_position=use_relative_position,
+                           bias_type=(rpb_kwargs or {}).get("bias_type", "2d"), class_token=class_token,
+                           share_bias=share_bias, position_embedding=position_embedding)
 
         if share_bias and not use_relative_position:
             raise ValueError("share_bias=True needs use_relative_position=True (there is no bias to share)")
