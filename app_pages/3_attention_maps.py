@@ -76,11 +76,21 @@ with sh.guard("compute the attention maps",
     if summary["bias_type"] is None and table != "as loaded":
         st.warning("This model has no relative position bias: the table presets do not apply.")
         table = "as loaded"
+    elif summary["bias_type"] not in (None, *explore.LEARNED_BIAS_TYPES) and table != "as loaded":
+        st.warning(f"This model's bias ({summary['bias_type']}) has no table to edit: "
+                   + ("ALiBi's is fixed by its head slopes" if summary["bias_type"] == "alibi"
+                      else "cpb's is computed by its MLP") + ". Showing it as loaded.")
+        table = "as loaded"
     layer = min(layer, max(0, int(summary["depth"]) - 1))
     res = maps_for(source, sh.source_key(source)[1], table, float(alpha), sample, upload_bytes, layer)
-    maps_with, maps_without = res["with"], res["without"]
+    n_all = res["with"].shape[-1]
+    grid = summary["grid"] if summary["grid"] else (1, n_all)
+    # A class token (e.g. bias_type 2d_cls) has no place on the patch grid: the maps leave it out.
+    maps_with = explore.grid_part(res["with"], grid)  # (H, N, N) over the patches
+    maps_without = explore.grid_part(res["without"], grid)
     n = maps_with.shape[-1]
-    grid = summary["grid"] if summary["grid"] else (1, n)
+    if n_all != n:
+        st.caption("This model has a class token (token 0); the maps show the patch tokens only.")
     sh.clamp_state("am_query", 0, n - 1)
     with c3:
         query = st.slider("Query patch", 0, n - 1, explore.center_token(grid), key="am_query") if n > 1 else 0

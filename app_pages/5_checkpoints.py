@@ -38,9 +38,24 @@ def tables_for(path: str, modified: float) -> dict:
         "initial": initial,
         "window_size": geometry["window_size"],
         "seq_len": geometry["seq_len"],
+        "bias_type": geometry["bias_type"],
+        "max_distance": geometry["max_distance"],
         "epoch": ckpt.get("epoch"),
         "metrics": ckpt.get("metrics", {}),
     }
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring the bias...")
+def diagnostics_for(path: str, modified: float, sample: int) -> tuple[list[dict], str]:
+    """Per-head diagnostics of a checkpoint on sample ``sample`` of its dataset (bias-only measures
+    when the dataset cannot be built here); one cached call into relpos.explore."""
+    model, ckpt = sh._checkpoint_model(path, modified)
+    try:
+        image, _label, _classes = explore.sample_input(ckpt.get("config", {}), sample)
+        inputs, note = image[None], f"validation sample {sample}"
+    except Exception as exc:  # noqa: BLE001 - without data, the bias-only measures still apply
+        inputs, note = None, f"bias-only measures (its dataset is not available here: {str(exc)[:120]})"
+    return explore.cached_diagnostics(path, modified, model, inputs, input_key=sample if inputs is not None else None), note
 
 
 def run_dir_of(path: str) -> Path | None:
@@ -100,6 +115,7 @@ with sh.guard("list the checkpoints", f"check that {ROOT}/ is readable"):
 with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a relpos checkpoint"):
     ta = tables_for(a, sh.mtime(a))
     win, seq = ta["window_size"], ta["seq_len"]
+    fam = {"bias_type": ta["bias_type"], "max_distance": ta["max_distance"]}
     st.subheader(f"What A learned · layer {layer}")
     if not ta["learned"]:
         st.info("A has no relative position bias (trained with the bias off): nothing to show here. "
@@ -109,11 +125,20 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
         learned, initial = ta["learned"][li], ta["initial"][li]
         st.caption("Each small map is one head's table over offsets (Δy, Δx); the centre is offset (0, 0). "
                    "Below: learned minus initial, i.e. what training changed.")
-        fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq,
-                                               title=f"Learned table, layer {li}")
-        sh.plotly(fig_learned, key="ck_learned")
+        fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq, **fam,
+                                               title=f"Learned table ({ta['bias_type']}), layer {li}")
+        table_col, diag_col = st.columns([3, 2])
+        with table_col:
+            sh.plotly(fig_learned, key="ck_learned")
+        with diag_col:
+            diag_rows, diag_note = diagnostics_for(a, sh.mtime(a), 0)
+            st.markdown(f"**Diagnostics per head, layer {li}** · {diag_note}")
+            diag = pd.DataFrame([r for r in diag_rows if r["layer"] == li]).drop(columns="layer")
+            st.dataframe(diag.set_index("head").round(4), width="stretch", key="ck_diag")
+            st.caption("  \n".join(f"**{m}**: {text}" for m, text in explore.DIAGNOSTIC_MEASURES.items()
+                                    if m in diag.columns))
         fig_change = viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table",
-                                            window_size=win, seq_len=seq)
+                                            window_size=win, seq_len=seq, **fam)
         sh.plotly(fig_change, key="ck_change")
 
     st.subheader("Downloads")
@@ -149,7 +174,7 @@ if b != NONE:
             li = min(layer, len(ta["learned"]) - 1, len(tb["learned"]) - 1)
             explore.table_difference(ta["learned"][li], tb["learned"][li])  # readable error on mismatch
             sh.plotly(viz.difference_figure(ta["learned"][li], tb["learned"][li], kind="table",
-                                            names=("A", "B"), window_size=win, seq_len=seq,
+                                            names=("A", "B"), window_size=win, seq_len=seq, **fam,
                                             title=f"Table difference B − A, layer {li}"),
                       key="ck_ab_diff")
         else:

@@ -184,10 +184,10 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
         widget = at.slider(key=key) if key in ("be_head", "be_query", "be_content") else at.number_input(key=key)
         widget.set_value(value).run()
         assert_clean(at, key)
-    at.radio(key="be_kind").set_value("1d").run()
+    at.selectbox(key="be_kind").set_value("1d").run()
     assert_clean(at, "1d")
     # Largest settings: 32x32 window and 16 heads.
-    at.radio(key="be_kind").set_value("2d").run()
+    at.selectbox(key="be_kind").set_value("2d").run()
     at.number_input(key="be_h").set_value(explore.MAX_WINDOW_SIDE)
     at.number_input(key="be_w").set_value(explore.MAX_WINDOW_SIDE)
     at.number_input(key="be_heads").set_value(explore.MAX_HEADS).run()

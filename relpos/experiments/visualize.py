@@ -1124,6 +1124,8 @@ def difference_figure(
     max_cells: int = 512,
     cols: int | None = None,
     save_path: str | Path | None = None,
+    bias_type: str | None = None,
+    max_distance: int | None = None,
 ) -> go.Figure:
     """Difference ``b - a`` of two tables or biases of equal shape, per head, centred at 0.
 
@@ -1139,6 +1141,8 @@ def difference_figure(
         max_cells: block-average biases above this many cells per side.
         cols: panels per row.
         save_path: where to save the figure, or None.
+        bias_type, max_distance: tables of a family, drawn as :func:`visualize_bias_table` draws
+            them ("t5": a curve over buckets; "2d_cls": the grid, class-token rows written below).
 
     Returns:
         The figure; the title carries ``max |b - a|``.
@@ -1159,6 +1163,11 @@ def difference_figure(
     if kind == "auto":
         kind = "bias" if diff.ndim >= 3 or (diff.ndim == 2 and diff.shape[0] == diff.shape[1]) else "table"
     window, seq = _window_or_none(window_size), _seq_len_or_none(seq_len)
+    if kind == "table" and bias_type in ("t5", "2d_cls"):
+        return visualize_bias_table(
+            _as_table("b - a", diff), save_path=path, title=_full_title(title, [note]), window_size=window,
+            seq_len=seq, cmap=cmap, cols=cols, bias_type=bias_type, max_distance=max_distance,
+        )  # fmt: skip
     if kind == "table":
         fig = _table_figure(
             _as_table("b - a", diff), title=title, notes=[note], window=window, seq_len=seq,
