@@ -58,6 +58,8 @@ def _check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> N
             raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, N, D), got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must have shape (B, H, N, D), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     bq, hq, _, dq = query.shape
     bk, hk, nk, dk = key.shape
     bv, hv, nv, _ = value.shape
@@ -319,6 +321,8 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.embed_dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, N, {self.embed_dim}), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         B, N, C = x.shape
         bias = None if self._bias_disabled else relative_position_bias
         if bias is None and self.relative_position_bias is not None and not self._bias_disabled:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from relpos._validation import check_choice, check_float, check_int, check_window_size
-from relpos.guards import check_bias_budget
+from relpos.guards import check_bias_budget, check_budget
 
 __all__ = [
     "ALIBI_DISTANCES",
@@ -130,6 +130,7 @@ def get_relative_position_index_1d(seq_len: int) -> torch.Tensor:
         ``(L, L)`` int64 tensor with ``index[i, j] = i - j + L - 1`` in ``[0, 2L - 2]``.
     """
     seq_len = check_int("seq_len", seq_len)
+    check_budget(seq_len * seq_len * 8, f"the relative position index (seq_len {seq_len})")
     pos = torch.arange(seq_len)
     return pos[:, None] - pos[None, :] + (seq_len - 1)  # (L, L)
 
@@ -145,6 +146,7 @@ def get_relative_position_index_2d(window_size: tuple[int, int]) -> torch.Tensor
         For ``(2, 2)``: ``[[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]``.
     """
     h, w = check_window_size("window_size", window_size)
+    check_budget((h * w) ** 2 * 8 * 3, f"the relative position index (window ({h}, {w}))")  # rel is (2, N, N)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, N), row-major tokens
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N): (dy, dx) = query - key

@@ -110,4 +110,6 @@ class PatchEmbedding(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"images must be a floating-point tensor, got dtype {x.dtype}")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, E, gh, gw) -> (B, N, E)
