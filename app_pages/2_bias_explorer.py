@@ -61,7 +61,8 @@ def demo_data(kind, size, heads, init_std, seed, preset, alpha, head, content_sc
 c1, c2, c3, c4 = st.columns(4)
 options: dict = {}
 with c1:
-    kind = st.selectbox("Bias type", explore.EXPLORE_BIAS_TYPES, key="be_kind",
+    kind = st.selectbox("Bias type", explore.EXPLORE_BIAS_TYPES, index=explore.EXPLORE_BIAS_TYPES.index("2d"),
+                        key="be_kind",
                         help="The bias families of relpos.BIAS_TYPES; each one's own options appear below.")
     if kind in ("1d", "t5"):
         size: tuple[int, int] | int = int(st.number_input("Sequence length", 1, explore.MAX_SEQ_LEN, 16,

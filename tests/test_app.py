@@ -456,3 +456,75 @@ def test_server_config_is_safe_by_default():
     assert server["enableXsrfProtection"] is True
     assert server["maxUploadSize"] * 2**20 <= explore.MAX_UPLOAD_BYTES
     assert cfg["client"]["showErrorDetails"] in ("none", "type")  # no tracebacks in the browser
+
+
+def scatter_xy(fig: dict, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    traces = [t for t in fig["data"] if t.get("type") == "scatter"]
+    return decode(traces[k]["x"]), decode(traces[k]["y"])
+
+
+def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
+    """Each family at the page's defaults (7x7 window or L = 16, 4 heads, seed 0, locality α = 2 for
+    learned tables): the table chart and the full-bias chart carry effective_table() and rpb()."""
+    at = open_page(new_app().run(), "bias")
+    assert list(at.selectbox(key="be_kind").options) == list(explore.EXPLORE_BIAS_TYPES)
+    for kind in explore.EXPLORE_BIAS_TYPES:
+        at.selectbox(key="be_kind").set_value(kind).run()
+        assert_clean(at, kind)
+        learned = kind in explore.LEARNED_BIAS_TYPES
+        assert at.selectbox(key="be_preset").disabled is (not learned)
+        size = 16 if kind in ("1d", "t5") else (7, 7)
+        opts = {"t5": {"num_buckets": 32, "max_distance": 128}, "alibi": {"alibi_distance": "euclidean"},
+                "cpb": {"cpb_hidden_dim": 512}}.get(kind, {})
+        rpb = explore.make_bias(kind, size, 4, preset="locality" if learned else "init", alpha=2.0, **opts)
+        table, bias = rpb.effective_table().numpy(), rpb().numpy()
+        figs = charts(at)
+        if kind in ("1d", "t5"):
+            for h in range(4):
+                x, y = scatter_xy(figs["be_table"], h)
+                np.testing.assert_allclose(y, table[:, h], rtol=1e-6)
+                np.testing.assert_array_equal(x, np.arange(32) if kind == "t5" else np.arange(-15, 16))
+        else:
+            grid_rows = table[:-3] if kind == "2d_cls" else table  # 2d_cls: cls rows are not on the grid
+            for h in range(4):
+                np.testing.assert_allclose(heatmap_z(figs["be_table"], h), grid_rows[:, h].reshape(13, 13),
+                                           rtol=1e-6)
+        if kind == "2d_cls":
+            cls = at.dataframe[0].value
+            np.testing.assert_allclose(cls.to_numpy(), table[-3:].T, rtol=1e-6)
+        if kind == "t5":
+            assert "be_t5_map" in figs
+        np.testing.assert_allclose(heatmap_z(figs["be_bias"]), bias[0], rtol=1e-6, atol=1e-6)
+        query_bias = heatmap_z(figs["be_query_bias"])  # the chosen query's row over the patch grid
+        patch = bias[0, 1:, 1:] if kind == "2d_cls" else bias[0]
+        q = at.slider(key="be_query").value
+        np.testing.assert_allclose(query_bias.reshape(-1), patch[q], rtol=1e-6, atol=1e-6)
+    at.selectbox(key="be_kind").set_value("t5").run()
+    at.number_input(key="be_buckets").set_value(8)
+    at.number_input(key="be_maxdist").set_value(6).run()
+    assert_clean(at, "t5 options")
+    x, _ = scatter_xy(charts(at)["be_table"])
+    np.testing.assert_array_equal(x, np.arange(8))
+
+
+def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
+    from relpos.diagnostics import bias_diagnostics
+
+    (runs_root / explore.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "t5.pt", bias_type="t5")
+    at = new_app().run()
+    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    at = open_page(at, "checkpoints")
+    assert {"ck_learned", "ck_change"} <= set(charts(at))
+    x, _ = scatter_xy(charts(at)["ck_learned"])
+    np.testing.assert_array_equal(x, np.arange(32))  # t5: a curve over its 32 buckets
+    shown = at.dataframe[1].value  # after the checkpoint list
+    model, ckpt = explore.load_checkpoint_model(path)
+    image, _, _ = explore.sample_input(ckpt["config"], 0)
+    diag = bias_diagnostics(model, image[None])
+    assert list(shown.index) == [0, 1]  # heads of layer 0
+    for measure in ("locality", "symmetry", "bias_entropy"):
+        np.testing.assert_allclose(shown[measure].to_numpy(), diag["biases"][0][measure], atol=1e-4)
+    for measure in ("kl", "entropy"):
+        np.testing.assert_allclose(shown[measure].to_numpy(), diag["attention"][0][measure], atol=1e-4)
+    assert any("**kl**" in c.value for c in at.caption)

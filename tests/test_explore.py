@@ -284,3 +284,76 @@ def test_mean_attention_distance():
     np.testing.assert_allclose(explore.mean_attention_distance(uniform, (2, 2)), [(2 + math.sqrt(2)) / 4])
     with pytest.raises(ValueError, match="shape"):
         explore.mean_attention_distance(eye, (3, 3))
+
+
+# --------------------------------------------------------------------------- bias families
+
+
+@pytest.mark.parametrize("bias_type", explore.EXPLORE_BIAS_TYPES)
+def test_make_bias_builds_every_family_and_arrays_match_the_module(bias_type):
+    from relpos.relative_position import BIAS_TYPES, RelativePositionBias
+
+    assert explore.EXPLORE_BIAS_TYPES is BIAS_TYPES
+    size = (3, 4) if bias_type in ("2d", "2d_cls", "cpb", "alibi") else 10
+    opts = {"t5": {"num_buckets": 8, "max_distance": 6}, "cpb": {"cpb_hidden_dim": 16}}.get(bias_type, {})
+    learned = bias_type in explore.LEARNED_BIAS_TYPES
+    rpb = explore.make_bias(bias_type, size, 3, preset="locality" if learned else "init", alpha=1.5, **opts)
+    arr = explore.bias_arrays(rpb)
+    np.testing.assert_array_equal(arr["table"], rpb.effective_table().numpy())
+    np.testing.assert_array_equal(arr["bias"], rpb().numpy())
+    n = 13 if bias_type == "2d_cls" else (12 if isinstance(size, tuple) else 10)
+    assert arr["bias"].shape == (3, n, n)
+    if not learned:  # the module's own table: alibi's slopes, cpb's seeded MLP
+        kw = {"window_size": size} if isinstance(size, tuple) else {"seq_len": size}
+        torch.manual_seed(0)
+        ref = RelativePositionBias(3, bias_type=bias_type, **kw, **opts)
+        np.testing.assert_allclose(arr["table"], ref.effective_table().detach().numpy(), rtol=1e-6)
+        with pytest.raises(ValueError, match="preset"):
+            explore.make_bias(bias_type, size, 3, preset="locality", **opts)
+
+
+def test_presets_of_the_class_token_and_t5_tables():
+    t = explore.preset_table("locality", "2d_cls", (2, 2), 2, alpha=2.0)
+    assert t.shape == (9 + 3, 2)
+    np.testing.assert_allclose(t[:9, 0].numpy(), -2.0 * np.hypot(*explore.table_offsets("2d", (2, 2)).T))
+    assert torch.equal(t[9:], torch.zeros(3, 2))  # class-token rows at distance 0
+    t5 = explore.preset_table("locality", "t5", 10, 1, alpha=1.0, num_buckets=8, max_distance=6)
+    # buckets 0..3: offsets 0, -1, -2..-3, -4..; 4..7: (none), 1, 2..3, 4.. -> smallest |offset|
+    np.testing.assert_array_equal(t5[:, 0].numpy(), -np.array([0, 1, 2, 4, 6, 1, 2, 4], dtype=np.float32))
+    with pytest.raises(ValueError, match="bias_type"):
+        explore.preset_table("zeros", "alibi", (2, 2), 2)
+
+
+def test_grid_part_drops_only_a_class_token():
+    m = np.arange(5 * 5).reshape(1, 5, 5)
+    np.testing.assert_array_equal(explore.grid_part(m, (2, 2)), m[:, 1:, 1:])
+    assert explore.grid_part(m[:, 1:, 1:], (2, 2)).shape == (1, 4, 4)
+    with pytest.raises(ValueError, match="tokens"):
+        explore.grid_part(m, (3, 3))
+
+
+@pytest.mark.parametrize("kw", [{}, {"share_bias": True}, {"class_token": True, "rpb_kwargs": {"bias_type": "2d_cls"}}])
+def test_diagnostics_table_pivots_bias_diagnostics_per_layer_and_head(kw):
+    from relpos.diagnostics import bias_diagnostics
+
+    model = small_vit(**kw)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    rows = explore.diagnostics_table(model, x)
+    diag = bias_diagnostics(model, x)
+    assert [(r["layer"], r["head"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in rows:
+        b = diag["biases"][0 if len(diag["biases"]) == 1 else r["layer"]]
+        a = diag["attention"][r["layer"]]
+        for m in ("locality", "locality_ratio", "symmetry", "bias_entropy"):
+            assert r[m] == pytest.approx(b[m][r["head"]])
+        for m in ("kl", "entropy", "entropy_no_bias"):
+            assert r[m] == pytest.approx(a[m][r["head"]])
+    assert set(rows[0]) == {"layer", "head", *explore.DIAGNOSTIC_MEASURES}
+    # The cached call measures once per (path, mtime, input): a changed model is not re-measured...
+    first = explore.cached_diagnostics("m.pt", 1.0, model, x, input_key=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert explore.cached_diagnostics("m.pt", 1.0, model, x, input_key=0) == first
+    # ...until its modification time changes.
+    assert explore.cached_diagnostics("m.pt", 2.0, model, x, input_key=0) != first

@@ -326,3 +326,47 @@ def test_hover_decodes_a_cell_in_a_real_browser(tmp_path):
     index = get_relative_position_index_2d((3, 2))
     assert "query i = 3 at (y, x) = (1, 1)" in text and "key j = 4 at (y, x) = (2, 0)" in text
     assert "offset (Δy, Δx) = (-1, 1)" in text and f"table row r = {int(index[3, 4])}" in text
+
+
+# ---------------------------------------------------------------- bias families
+
+
+def test_t5_table_is_a_curve_over_buckets_whose_hover_lists_the_offsets():
+    from relpos.relative_position import t5_relative_position_bucket
+
+    table = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))  # (num_buckets, H)
+    fig = V.visualize_bias_table(table, bias_type="t5", seq_len=12, max_distance=6)
+    assert [t.type for t in fig.data] == ["scatter"] * 3
+    for k, tr in enumerate(fig.data):
+        np.testing.assert_array_equal(tr.x, np.arange(8))  # x = bucket, not offset
+        np.testing.assert_array_equal(tr.y, table[:, k].numpy())
+    rel = torch.arange(-11, 12)  # every offset j - i of a length-12 sequence
+    buckets = t5_relative_position_bucket(rel, 8, 6)
+    for b in range(8):
+        offs = rel[buckets == b]
+        text, count = fig.data[0].customdata[b]
+        assert int(count) == offs.numel()
+        if offs.numel():
+            lo, hi = int(offs.min()), int(offs.max())
+            assert text == (str(lo) if lo == hi else f"{lo}..{hi}")
+    assert sum(int(c) for _, c in fig.data[0].customdata) == 23
+    step = V.t5_bucket_map_figure(8, 6, seq_len=12)
+    np.testing.assert_array_equal(step.data[0].x, rel.numpy())
+    np.testing.assert_array_equal(step.data[0].y, buckets.numpy())
+    with pytest.raises(ValueError, match="bias_type"):
+        V.visualize_bias_table(table, bias_type="t6")
+
+
+def test_2d_cls_table_grid_leaves_out_the_three_class_token_rows():
+    h, w = 2, 3
+    t = (2 * h - 1) * (2 * w - 1)
+    table = torch.randn(t + 3, 2, generator=torch.Generator().manual_seed(1))
+    fig = V.visualize_bias_table(table, window_size=(h, w), bias_type="2d_cls")
+    maps = _heatmaps(fig)
+    for k, tr in enumerate(maps):
+        np.testing.assert_array_equal(tr.z, table[:t, k].numpy().reshape(2 * h - 1, 2 * w - 1))
+    np.testing.assert_allclose(np.array(fig.layout.meta["cls_rows"]), table[t:].numpy())
+    note = fig.layout.annotations[-1].text
+    assert f"cls → cls {table[t + 2, 1].item():.3g}" in note and "head 1" in note
+    diff = V.difference_figure(table, table * 2, kind="table", window_size=(h, w), bias_type="2d_cls")
+    np.testing.assert_allclose(_heatmaps(diff)[0].z, table[:t, 0].numpy().reshape(3, 5))
