@@ -87,14 +87,17 @@ with c1:
                                                           512, key="be_cpb_hidden"))}
 learned = kind in explore.LEARNED_BIAS_TYPES
 with c2:
-    preset = st.selectbox("Table preset", explore.BIAS_PRESETS, index=3, key="be_preset", disabled=not learned,
-                          help=NO_PRESET.get(kind, "init: the module's truncated-normal init (std init_std); "
-                          "zeros; random: normal with std α; locality: −α·distance in every head; "
-                          "alibi: −α·m_h·distance with ALiBi's per-head slopes m_h."))
+    if learned:
+        preset = st.selectbox("Table preset", explore.BIAS_PRESETS, index=3, key="be_preset",
+                              help="init: the module's truncated-normal init (std init_std); "
+                              "zeros; random: normal with std α; locality: −α·distance in every head; "
+                              "alibi: −α·m_h·distance with ALiBi's per-head slopes m_h.")
+    else:  # no table to edit: a disabled stand-in that says so
+        st.selectbox("Table preset", ["none (no table to edit)"], key="be_preset_none", disabled=True,
+                     help=NO_PRESET[kind])
+        preset = "init"
     alpha = st.slider("Strength α", 0.0, 5.0, 2.0, 0.1, key="be_alpha", disabled=not learned)
     heads = int(st.number_input("Heads", 1, explore.MAX_HEADS, 4, key="be_heads"))
-    if not learned:
-        preset = "init"
 with c3:
     init_std = st.number_input("init_std", 0.0, 2.0, 0.02, 0.01, format="%.3f", key="be_init_std",
                                disabled=not learned)
@@ -157,11 +160,13 @@ with sh.guard("compute the bias", "choose a smaller window, fewer heads, or anot
     with left:
         cls_note = " (token 0 = class token)" if kind == "2d_cls" else ""
         sh.plotly(viz.visualize_relative_position_bias(full_bias, title=f"Full bias B, head {head}{cls_note}",
+                                                        cmap="viridis" if kind == "cpb" else "coolwarm",
                                                         window_size=win if kind != "2d_cls" else None,
                                                         seq_len=seq),
                   key="be_bias")
     with right:
-        sh.plotly(viz.query_centric_figure(bias, query, grid, cmap="coolwarm", zmid=0.0,
+        sh.plotly(viz.query_centric_figure(bias, query, grid, cmap="viridis" if kind == "cpb" else "coolwarm",
+                                           zmid=None if kind == "cpb" else 0.0,
                                            title=f"Bias seen by query {query}, head {head}"),
                   key="be_query_bias")
 

@@ -247,12 +247,13 @@ def index_formula_latex(cell: dict) -> str:
 
 
 def _t5_bucket_distances(num_buckets: int, max_distance: int) -> torch.Tensor:
-    """``(num_buckets,)``: the smallest ``|offset|`` in each T5 bucket (``max_distance`` if none)."""
+    """``(num_buckets,)``: the smallest ``|offset|`` in each T5 bucket (0 for a bucket no offset
+    reaches, e.g. bucket ``num_buckets // 2``: a positive offset is never 0)."""
     rel = torch.arange(-2 * max_distance, 2 * max_distance + 1)  # (4 max_distance + 1,)
     buckets = t5_relative_position_bucket(rel, num_buckets, max_distance)
-    out = torch.full((num_buckets,), float(max_distance))
+    out = torch.full((num_buckets,), float("inf"))
     out.scatter_reduce_(0, buckets, rel.abs().float(), reduce="amin")
-    return out  # (num_buckets,)
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out)  # (num_buckets,)
 
 
 def _distances(bias_type: str, size: Any, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
@@ -322,8 +323,8 @@ def preset_table(
     if preset == "random":
         return torch.randn(t, num_heads, generator=gen) * alpha
     if preset == "locality":
-        return (-alpha * dist)[:, None].expand(t, num_heads).clone()  # (T, H)
-    return -alpha * dist[:, None] * alibi_slopes(num_heads).float()[None, :]  # (T, H)
+        return (-alpha * dist)[:, None].expand(t, num_heads) + 0.0  # (T, H); + 0.0 turns -0.0 into 0.0
+    return -alpha * dist[:, None] * alibi_slopes(num_heads).float()[None, :] + 0.0  # (T, H)
 
 
 def make_bias(

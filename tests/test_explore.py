@@ -318,8 +318,9 @@ def test_presets_of_the_class_token_and_t5_tables():
     np.testing.assert_allclose(t[:9, 0].numpy(), -2.0 * np.hypot(*explore.table_offsets("2d", (2, 2)).T))
     assert torch.equal(t[9:], torch.zeros(3, 2))  # class-token rows at distance 0
     t5 = explore.preset_table("locality", "t5", 10, 1, alpha=1.0, num_buckets=8, max_distance=6)
-    # buckets 0..3: offsets 0, -1, -2..-3, -4..; 4..7: (none), 1, 2..3, 4.. -> smallest |offset|
-    np.testing.assert_array_equal(t5[:, 0].numpy(), -np.array([0, 1, 2, 4, 6, 1, 2, 4], dtype=np.float32))
+    # buckets 0..3: offsets 0, -1, -2..-3, -4..; 4..7: (none: 0), 1, 2..3, 4.. -> smallest |offset|
+    np.testing.assert_array_equal(t5[:, 0].numpy(), -np.array([0, 1, 2, 4, 0, 1, 2, 4], dtype=np.float32))
+    assert not np.signbit(t[9:].numpy()).any()  # 0.0, not -0.0 (shown as "-0")
     with pytest.raises(ValueError, match="bias_type"):
         explore.preset_table("zeros", "alibi", (2, 2), 2)
 

@@ -698,9 +698,12 @@ def _t5_table_figure(
     counts = np.array([o.size for o in per_bucket])  # (num_buckets,)
     buckets = np.arange(t)
     cd = np.stack([labels, counts.astype(object)], axis=1)  # (num_buckets, 2)
+    # Buckets no offset reaches (at this length) are drawn as open markers.
+    symbols = np.where(counts > 0, "circle", "circle-open")  # (num_buckets,)
     traces = [
         go.Scatter(
             x=buckets, y=table[:, h], customdata=cd, mode="lines+markers", name=f"head {h}",
+            marker={"symbol": symbols, "size": 7},
             hovertemplate="bucket %{x}<br>offsets j − i = %{customdata[0]} (%{customdata[1]} offsets)<br>"
             f"{value_label} = %{{y:.4g}}<extra>head {h}</extra>",
         )
@@ -710,8 +713,9 @@ def _t5_table_figure(
     reach = f"L = {seq_len}" if seq_len is not None else f"offsets up to ±{max_distance}"
     layout = {
         "title": {"text": _full_title(title, [f"T5, {t} buckets, max_distance {max_distance}", reach]), "x": 0.02},
-        "xaxis": {"title": {"text": f"bucket (0..{half - 1}: key before or at query; {half}..{t - 1}: key after)"},
-                  "dtick": 1 if t <= 40 else None},
+        "xaxis": {"title": {"text": f"bucket (0..{half - 1}: key before or at query; {half}..{t - 1}: key after;"
+                            " open marker: no offset falls in it)"},
+                  "dtick": 1 if t <= 40 else None, "range": [-0.5, t - 0.5]},
         "yaxis": {"title": {"text": value_label}, "zeroline": True},
         "shapes": [{"type": "line", "x0": half - 0.5, "x1": half - 0.5, "y0": 0, "y1": 1, "yref": "paper",
                     "line": {"dash": "dot", "color": "grey"}}],
@@ -763,7 +767,7 @@ def visualize_bias_table(
     *,
     window_size: tuple[int, int] | int | None = None,
     seq_len: int | None = None,
-    cmap: str = "coolwarm",
+    cmap: str | None = None,
     cols: int | None = None,
     bias_type: str | None = None,
     max_distance: int | None = None,
@@ -779,7 +783,8 @@ def visualize_bias_table(
         seq_len: ``L`` of a 1D table (``T = 2L-1``); for "t5" the length whose offsets the hover lists.
             Neither given: ``T`` the square of an odd number -> square 2D window; other odd ``T``
             -> 1D; otherwise ValueError.
-        cmap: matplotlib or Plotly colormap name (2D grids; diverging scales centred at 0).
+        cmap: matplotlib or Plotly colormap name (2D grids; diverging scales centred at 0). Default
+            ``"coolwarm"``, ``"viridis"`` for "cpb" (its values lie in ``(0, 16)``, not around 0).
         cols: panels per row.
         bias_type: the family (one of :data:`relpos.relative_position.BIAS_TYPES`) or None (a plain
             "1d"/"2d" table). "t5": ``T = num_buckets`` rows drawn as curves over bucket indices (hover:
@@ -798,6 +803,8 @@ def visualize_bias_table(
     if bias_type is not None:
         check_choice("bias_type", bias_type, BIAS_TYPES)
     table = _as_table("bias_table", bias_table)
+    if cmap is None:
+        cmap = "viridis" if bias_type == "cpb" else "coolwarm"
     if bias_type == "t5":
         fig = _t5_table_figure(table, title=title, seq_len=_seq_len_or_none(seq_len),
                                max_distance=max_distance, value_label="bias")
