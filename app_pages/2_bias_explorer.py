@@ -58,6 +58,13 @@ def demo_data(kind, size, heads, init_std, seed, preset, alpha, head, content_sc
     return with_b[0], without[0]
 
 
+# Widgets of one family are not drawn while another is chosen, and Streamlit forgets the values of
+# widgets it did not draw: re-assigning them keeps a window or option across a family switch.
+for _key in ("be_h", "be_w", "be_len", "be_buckets", "be_maxdist", "be_alibi_dist", "be_cpb_hidden",
+             "be_preset", "be_alpha", "be_init_std"):
+    if _key in st.session_state:
+        st.session_state[_key] = st.session_state[_key]
+
 c1, c2, c3, c4 = st.columns(4)
 options: dict = {}
 with c1:

@@ -531,3 +531,13 @@ def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
     for measure in ("kl", "entropy"):
         np.testing.assert_allclose(shown[measure].to_numpy(), diag["attention"][0][measure], atol=1e-4)
     assert any("**kl**" in c.value for c in at.caption)
+
+
+def test_bias_explorer_keeps_the_window_across_a_family_switch(runs_root):
+    at = open_page(new_app().run(), "bias")
+    at.number_input(key="be_h").set_value(5).run()
+    at.selectbox(key="be_kind").set_value("t5").run()
+    at.selectbox(key="be_kind").set_value("cpb").run()
+    assert_clean(at, "switch back")
+    assert at.number_input(key="be_h").value == 5
+    assert heatmap_z(charts(at)["be_table"]).shape == (9, 13)  # (2*5-1, 2*7-1)
