@@ -123,20 +123,28 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
     else:
         li = min(layer, len(ta["learned"]) - 1)
         learned, initial = ta["learned"][li], ta["initial"][li]
-        st.caption("Each small map is one head's table over offsets (Δy, Δx); the centre is offset (0, 0). "
-                   "Below: learned minus initial, i.e. what training changed.")
+        st.caption({"t5": "One curve per head over the T5 buckets (hover: the offsets in each bucket). ",
+                    "1d": "One curve per head over offsets i − j. "}.get(
+                       ta["bias_type"], "Each small map is one head's table over offsets (Δy, Δx); the centre is "
+                       "offset (0, 0)" + (" (the 3 class-token rows are written under it)" if ta["bias_type"] == "2d_cls"
+                                          else "") + ". ")
+                   + "Below: learned minus initial, i.e. what training changed.")
         fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq, **fam,
                                                title=f"Learned table ({ta['bias_type']}), layer {li}")
-        table_col, diag_col = st.columns([3, 2])
+        table_col, diag_col = st.columns([1, 1])
         with table_col:
             sh.plotly(fig_learned, key="ck_learned")
         with diag_col:
             diag_rows, diag_note = diagnostics_for(a, sh.mtime(a), 0)
             st.markdown(f"**Diagnostics per head, layer {li}** · {diag_note}")
-            diag = pd.DataFrame([r for r in diag_rows if r["layer"] == li]).drop(columns="layer")
-            st.dataframe(diag.set_index("head").round(4), width="stretch", key="ck_diag")
-            st.caption("  \n".join(f"**{m}**: {text}" for m, text in explore.DIAGNOSTIC_MEASURES.items()
-                                    if m in diag.columns))
+            # One row per measure, one column per head, then what the measure says.
+            per_head = pd.DataFrame([r for r in diag_rows if r["layer"] == li]).set_index("head").drop(columns="layer")
+            diag = per_head.T.rename(columns=lambda h: f"head {h}")  # (measures, heads)
+            diag["what it measures"] = [explore.DIAGNOSTIC_MEASURES[m] for m in diag.index]
+            st.dataframe(diag, width="stretch", key="ck_diag",
+                         column_config={"what it measures": st.column_config.TextColumn(width="large"),
+                                        **{c: st.column_config.NumberColumn(format="%.4f")
+                                           for c in diag.columns[:-1]}})
         fig_change = viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table",
                                             window_size=win, seq_len=seq, **fam)
         sh.plotly(fig_change, key="ck_change")

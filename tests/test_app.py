@@ -521,16 +521,19 @@ def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
     assert {"ck_learned", "ck_change"} <= set(charts(at))
     x, _ = scatter_xy(charts(at)["ck_learned"])
     np.testing.assert_array_equal(x, np.arange(32))  # t5: a curve over its 32 buckets
-    shown = at.dataframe[1].value  # after the checkpoint list
+    shown = at.dataframe[1].value  # after the checkpoint list: one row per measure, one column per head
     model, ckpt = explore.load_checkpoint_model(path)
     image, _, _ = explore.sample_input(ckpt["config"], 0)
     diag = bias_diagnostics(model, image[None])
-    assert list(shown.index) == [0, 1]  # heads of layer 0
+    assert list(shown.index) == list(explore.DIAGNOSTIC_MEASURES)
+    assert list(shown.columns) == ["head 0", "head 1", "what it measures"]
+    heads = ["head 0", "head 1"]
     for measure in ("locality", "symmetry", "bias_entropy"):
-        np.testing.assert_allclose(shown[measure].to_numpy(), diag["biases"][0][measure], atol=1e-4)
+        np.testing.assert_allclose(shown.loc[measure, heads].to_numpy(float), diag["biases"][0][measure], rtol=1e-9)
     for measure in ("kl", "entropy"):
-        np.testing.assert_allclose(shown[measure].to_numpy(), diag["attention"][0][measure], atol=1e-4)
-    assert any("**kl**" in c.value for c in at.caption)
+        np.testing.assert_allclose(shown.loc[measure, heads].to_numpy(float), diag["attention"][0][measure],
+                                   rtol=1e-9)
+    assert shown.loc["kl", "what it measures"] == explore.DIAGNOSTIC_MEASURES["kl"]
 
 
 def test_bias_explorer_keeps_the_window_across_a_family_switch(runs_root):
