@@ -145,6 +145,8 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
                          column_config={"what it measures": st.column_config.TextColumn(width="large"),
                                         **{c: st.column_config.NumberColumn(format="%.4f")
                                            for c in diag.columns[:-1]}})
+            with st.expander("What the measures mean"):
+                st.markdown("\n".join(f"- **{m}**: {text}" for m, text in explore.DIAGNOSTIC_MEASURES.items()))
         fig_change = viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table",
                                             window_size=win, seq_len=seq, **fam)
         sh.plotly(fig_change, key="ck_change")
