@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app_pages import _shared as sh
@@ -42,6 +43,23 @@ def maps_for(source: str, modified: float, table: str, alpha: float, sample: int
         "probs_without": explore.predict(model, image, with_bias=False),
         "class_names": classes,
     }
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring the bias...")
+def diagnostics_for(source: str, modified: float, table: str, alpha: float, sample: int,
+                    upload: bytes | None) -> list[dict]:
+    """Per-head diagnostics of the shown model on the shown input (one cached call into relpos.explore)."""
+    model, cfg = sh.load_source(source)
+    if table != "as loaded":
+        model = explore.apply_bias_preset(model, table, alpha=alpha)
+    if upload is not None:
+        embed = model.patch_embed
+        image = explore.image_from_upload(upload, embed.img_size[0], embed.in_channels)
+    else:
+        image = explore.sample_input(cfg, sample)[0]
+    key = f"{source}|{table}|{alpha}"
+    return explore.cached_diagnostics(key, modified, model, image[None],
+                                      input_key=("upload", hash(upload)) if upload is not None else ("sample", sample))
 
 
 source, layer, head = sh.shared()
@@ -118,6 +136,12 @@ with sh.guard("compute the attention maps",
                   f"{d_with.mean() - d_without.mean():+.2f} vs bias zeroed", delta_color="off")
         m3.caption("*Reach* is the mean attention distance on this input: how far, on average, each "
                    "query's attention goes. Negative change: the bias pulls attention towards nearby patches.")
+        with st.expander(f"Diagnostics of the bias, layer {layer}, per head"):
+            rows = diagnostics_for(source, sh.source_key(source)[1], table, float(alpha), sample, upload_bytes)
+            per_head = pd.DataFrame([r for r in rows if r["layer"] == layer]).set_index("head").drop(columns="layer")
+            diag = per_head.T.rename(columns=lambda h: f"head {h}")  # (measures, heads)
+            diag["what it measures"] = [explore.DIAGNOSTIC_MEASURES[m] for m in diag.index]
+            st.dataframe(diag, width="stretch", key="am_diag")
     a, b = st.columns(2)
     with a:
         sh.plotly(viz.query_centric_figure(maps_with[head], query, grid, image=picture,

@@ -544,3 +544,24 @@ def test_bias_explorer_keeps_the_window_across_a_family_switch(runs_root):
     assert_clean(at, "switch back")
     assert at.number_input(key="be_h").value == 5
     assert heatmap_z(charts(at)["be_table"]).shape == (9, 13)  # (2*5-1, 2*7-1)
+
+
+def test_attention_page_diagnostics_for_a_class_token_model(runs_root):
+    from relpos.diagnostics import bias_diagnostics
+
+    (runs_root / explore.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "cls.pt", bias_type="2d_cls", class_token=True)
+    at = new_app().run()
+    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    at = open_page(at, "attention")
+    assert {"am_query_with", "am_query_without", "am_heads"} <= set(charts(at))
+    grid_side = 4  # img 8 / patch 2: the maps cover the 16 patches, not the class token
+    assert heatmap_z(charts(at)["am_query_with"]).shape == (grid_side, grid_side)
+    shown = at.dataframe[-1].value  # the diagnostics: one row per measure, one column per head
+    model, ckpt = explore.load_checkpoint_model(path)
+    image, _, _ = explore.sample_input(ckpt["config"], 0)
+    diag = bias_diagnostics(model, image[None])
+    np.testing.assert_allclose(shown.loc["kl", ["head 0", "head 1"]].to_numpy(float), diag["attention"][0]["kl"],
+                               rtol=1e-9)
+    np.testing.assert_allclose(shown.loc["symmetry", ["head 0", "head 1"]].to_numpy(float),
+                               diag["biases"][0]["symmetry"], rtol=1e-9)
