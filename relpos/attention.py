@@ -40,14 +40,16 @@ __all__ = [
 #: Values of ``MultiHeadAttention(attn_impl=...)``.
 ATTN_IMPLS: tuple[str, ...] = ("auto", "sdpa", "explicit")
 
-# Path choice, measured on this CPU (2 threads, module level, 2D bias; benchmarks/ and BENCHMARKS.md
-# hold the sweep). Without autograd the fused kernel with a 4D float mask (flash CPU kernel) beat
-# the explicit path at every size measured (N = 16 .. 4096), so eval always takes it. Note: a 3D
-# (H, N, N) mask sends SDPA to a slow path (2-2.5x slower at N = 196 .. 1024); it is always passed
-# as (1, H, N, N). In training a bias that needs a gradient takes the custom fused-explicit function
+# Path choice, measured on this CPU (2 threads; benchmarks/ and BENCHMARKS.md hold the sweep).
+# Without autograd, MultiHeadAttention(attn_impl="auto") always takes the no-weights route; inside
+# it, below SDPA_MIN_TOKENS_EVAL query tokens an in-place explicit computation (logits written once,
+# bias added and softmax taken in place) beat SDPA (attention core, ms: N=16 0.24 vs 0.51,
+# N=49 1.4 vs 1.9-2.1, N=196 4.0 vs 5.4), from N=256 SDPA wins (4.3 vs 5.7; N=1024 4.9 vs 5.7).
+# SDPA always gets the bias as a 4D (1, H, N, N) mask: a 3D one sent it to a path 2-2.5x slower.
+# In training a bias that needs a gradient takes the custom fused-explicit function
 # (_BiasedAttentionFunction) whenever dropout is inactive; SDPA (flash forward and backward) is used
 # in training only without such a bias, from SDPA_MIN_TOKENS_TRAIN tokens on.
-SDPA_MIN_TOKENS_EVAL = 1
+SDPA_MIN_TOKENS_EVAL = 256
 SDPA_MIN_TOKENS_TRAIN = 196
 BIASED_FUSED_MIN_TOKENS_TRAIN = 1
 
@@ -99,6 +101,17 @@ def _as_4d_mask(bias: torch.Tensor) -> torch.Tensor:
     if bias.dim() >= 4:
         return bias
     return bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (1, H, N, N) view
+
+
+def _explicit_inplace_no_grad(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + bias) v`` without autograd, one ``(B, H, Nq, Nk)`` buffer reused."""
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, H, Nq, Nk)
+    if bias is not None:
+        logits.add_(bias)
+    probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # row-wise, in place
+    return torch.matmul(probs, v)  # (B, H, Nq, Dv)
 
 
 class _BiasedAttentionFunction(torch.autograd.Function):
@@ -186,6 +199,9 @@ class ScaledDotProductAttention(nn.Module):
             self.scale = check_float("scale", scale, minimum=0.0, min_inclusive=False)
         self.dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attn_drop = nn.Dropout(self.dropout)
+        # Set by MultiHeadAttention(attn_impl="auto") per call: below this many query tokens the
+        # no-weights route without autograd computes in place instead of calling SDPA.
+        self._inplace_below_tokens = 0
 
     def scale_factor(self, head_dim: int) -> float:
         if self.scale is True:
@@ -218,6 +234,11 @@ class ScaledDotProductAttention(nn.Module):
             ):
                 out = _BiasedAttentionFunction.apply(query, key, value, bias, scale)  # (B, H, N, D)
                 return out, None
+            no_autograd = not torch.is_grad_enabled() or not any(
+                t.requires_grad for t in (query, key, value, bias) if t is not None
+            )
+            if no_autograd and dropout_p == 0.0 and query.shape[2] < self._inplace_below_tokens:
+                return _explicit_inplace_no_grad(query, key, value, bias, scale), None
             out = F.scaled_dot_product_attention(
                 query,
                 key,
@@ -304,7 +325,7 @@ class MultiHeadAttention(nn.Module):
         if self.attn_impl == "sdpa":
             return True
         if not torch.is_grad_enabled():
-            return num_tokens >= SDPA_MIN_TOKENS_EVAL
+            return True  # no weights needed: in place below SDPA_MIN_TOKENS_EVAL, SDPA from there
         dropout_active = self.training and self.attention.dropout > 0.0
         if bias is not None and not dropout_active:
             return num_tokens >= BIASED_FUSED_MIN_TOKENS_TRAIN
@@ -337,6 +358,7 @@ class MultiHeadAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
         fused = self._use_sdpa(N, bias)
+        self.attention._inplace_below_tokens = SDPA_MIN_TOKENS_EVAL if self.attn_impl == "auto" else 0
         out, _ = self.attention(q, k, v, bias, need_weights=not fused)  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(out))
