@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from relpos.data import build_dataset
+from relpos.diagnostics import bias_diagnostics
 from relpos.experiments.checkpoint import load_model_from_checkpoint, read_checkpoint
 from relpos.experiments.config import apply_overrides
 from relpos.experiments.config_utils import load_config
@@ -117,6 +119,13 @@ def test_fit_writes_the_run_directory_and_keeps_queued_fields(tmp_path):
         assert key in epoch_rec, key
     model, ck = load_model_from_checkpoint(run / "last.pt")
     assert ck["epoch"] == 2 and ck["step"] == 8 and ck["config"]["name"] == "tiny"
+    # Bias diagnostics are tracked over training: equal to bias_diagnostics on the same 64 images.
+    val = build_dataset(ck["config"], "val")
+    images = torch.stack([val[i][0] for i in range(min(64, len(val)))])
+    expected = bias_diagnostics(model, images)["summary"]
+    assert expected and set(expected) <= set(epoch_rec)
+    for key, value in expected.items():
+        assert epoch_rec[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert "epoch 2/2" in (run / "train.log").read_text()
 
 
