@@ -6,15 +6,20 @@ from relpos.attention import (
     collect_attention_maps,
     relative_position_bias_disabled,
 )
+from relpos.checkpoint_import import import_checkpoint, import_into
 from relpos.data.dataset import PatchEmbedding, SyntheticImageDataset
+from relpos.diagnostics import bias_diagnostics
 from relpos.experiments.config_utils import load_config, save_config
 from relpos.models.transformer import TransformerBlock, VisionTransformer
 from relpos.relative_position import (
     BIAS_TYPES,
+    alibi_slopes,
     RelativePositionBias,
     get_relative_position_index_1d,
     get_relative_position_index_2d,
 )
+
+from relpos.resize import resize_relative_position_bias_table
 
 __version__ = "0.1.0"
 
@@ -27,10 +32,15 @@ __all__ = [
     "SyntheticImageDataset",
     "TransformerBlock",
     "VisionTransformer",
+    "alibi_slopes",
+    "bias_diagnostics",
     "collect_attention_maps",
     "get_relative_position_index_1d",
     "get_relative_position_index_2d",
+    "import_checkpoint",
+    "import_into",
     "load_config",
     "relative_position_bias_disabled",
+    "resize_relative_position_bias_table",
     "save_config",
 ]
