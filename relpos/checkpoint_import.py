@@ -214,12 +214,14 @@ def load_state_dict(source: str | Path | bytes, filename: str | None = None) -> 
         )
     try:  # corrupt, truncated or unsafe files raise many types (EOFError, UnpicklingError, SafetensorError...)
         if suffix == ".safetensors":
-            import safetensors.torch
+            # safetensors holds raw tensors only: no pickle, nothing to execute.
+            from safetensors.torch import load as load_safetensors_bytes
+            from safetensors.torch import load_file as load_safetensors_file
 
             if isinstance(source, (bytes, bytearray)):
-                obj = safetensors.torch.load(bytes(source))
+                obj = load_safetensors_bytes(bytes(source))
             else:
-                obj = safetensors.torch.load_file(str(source), device="cpu")
+                obj = load_safetensors_file(str(source), device="cpu")
         else:
             f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
             obj = torch.load(f, map_location="cpu", weights_only=True)
