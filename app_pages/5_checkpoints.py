@@ -131,22 +131,20 @@ with sh.guard("read checkpoint A", "pick another checkpoint; an upload must be a
                    + "Below: learned minus initial, i.e. what training changed.")
         fig_learned = viz.visualize_bias_table(learned, window_size=win, seq_len=seq, **fam,
                                                title=f"Learned table ({ta['bias_type']}), layer {li}")
-        table_col, diag_col = st.columns([1, 1])
-        with table_col:
-            sh.plotly(fig_learned, key="ck_learned")
-        with diag_col:
-            diag_rows, diag_note = diagnostics_for(a, sh.mtime(a), 0)
-            st.markdown(f"**Diagnostics per head, layer {li}** · {diag_note}")
-            # One row per measure, one column per head, then what the measure says.
-            per_head = pd.DataFrame([r for r in diag_rows if r["layer"] == li]).set_index("head").drop(columns="layer")
-            diag = per_head.T.rename(columns=lambda h: f"head {h}")  # (measures, heads)
-            diag["what it measures"] = [explore.DIAGNOSTIC_MEASURES[m] for m in diag.index]
-            st.dataframe(diag, width="stretch", key="ck_diag",
-                         column_config={"what it measures": st.column_config.TextColumn(width="large"),
-                                        **{c: st.column_config.NumberColumn(format="%.4f")
-                                           for c in diag.columns[:-1]}})
-            with st.expander("What the measures mean"):
-                st.markdown("\n".join(f"- **{m}**: {text}" for m, text in explore.DIAGNOSTIC_MEASURES.items()))
+        # Full width: a half column squeezed the small multiples of four heads unreadably.
+        sh.plotly(fig_learned, key="ck_learned")
+        diag_rows, diag_note = diagnostics_for(a, sh.mtime(a), 0)
+        st.markdown(f"**Diagnostics per head, layer {li}** · {diag_note}")
+        # One row per measure, one column per head, then what the measure says.
+        per_head = pd.DataFrame([r for r in diag_rows if r["layer"] == li]).set_index("head").drop(columns="layer")
+        diag = per_head.T.rename(columns=lambda h: f"head {h}")  # (measures, heads)
+        diag["what it measures"] = [explore.DIAGNOSTIC_MEASURES[m] for m in diag.index]
+        st.dataframe(diag, width="stretch", key="ck_diag",
+                     column_config={"what it measures": st.column_config.TextColumn(width="large"),
+                                    **{c: st.column_config.NumberColumn(format="%.4f")
+                                       for c in diag.columns[:-1]}})
+        with st.expander("What the measures mean"):
+            st.markdown("\n".join(f"- **{m}**: {text}" for m, text in explore.DIAGNOSTIC_MEASURES.items()))
         fig_change = viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table",
                                             window_size=win, seq_len=seq, **fam)
         sh.plotly(fig_change, key="ck_change")

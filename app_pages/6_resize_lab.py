@@ -32,7 +32,10 @@ if not ckpts:
     st.info("No checkpoint yet: train the default preset on the Train page, then come back.")
     st.stop()
 labels = {c["label"]: c["path"] for c in ckpts}
-label = st.selectbox("Checkpoint", list(labels), key="rl_ckpt")
+# Start on the sidebar's checkpoint when one is chosen there (the model the user is looking at).
+current = str(st.session_state.get(sh.SOURCE_KEY) or "")
+start = next((i for i, p in enumerate(labels.values()) if current == sh.CKPT_PREFIX + p), 0)
+label = st.selectbox("Checkpoint", list(labels), index=start, key="rl_ckpt")
 path = labels[label]
 with sh.guard("read the checkpoint", "pick another checkpoint"):
     _, ckpt = sh._checkpoint_model(path, sh.mtime(path))
