@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch
 
 from relpos import explore, jobs
 from relpos.experiments import rundir
+
+from support import kill_runs
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -42,20 +43,6 @@ PAGES = {
 TIMEOUT = 120
 
 
-def kill_runs(root: Path) -> None:
-    """Stop every run process under ``root`` (finalizer)."""
-    if not root.is_dir():
-        return
-    for child in root.iterdir():
-        if not child.is_dir() or child.is_symlink():
-            continue
-        pid = jobs.run_pid(child)
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            jobs.is_alive(pid)  # reap our own children
 
 
 @pytest.fixture

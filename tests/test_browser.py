@@ -22,6 +22,8 @@ import pytest
 from relpos import jobs
 from relpos.explore import MAX_HEADS, MAX_WINDOW_SIDE
 
+from support import kill_runs
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +67,6 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def kill_runs(root: Path) -> None:
-    for child in root.iterdir() if root.is_dir() else []:
-        pid = jobs.run_pid(child) if child.is_dir() else None
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ import pytest
 from relpos import jobs
 from relpos.experiments import rundir
 
+from support import install_fake_trainer
+
 FAKE_TRAINER = textwrap.dedent(
     """
     import argparse, json, os, signal, sys, time
@@ -54,14 +56,7 @@ FAKE_TRAINER = textwrap.dedent(
 
 @pytest.fixture
 def fake_trainer(tmp_path, monkeypatch):
-    pkg = tmp_path / "fakepkg"
-    pkg.mkdir()
-    (pkg / "fake_train.py").write_text(FAKE_TRAINER)
-    monkeypatch.setattr(jobs, "TRAIN_MODULE", "fake_train")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
-    config = tmp_path / "cfg.yaml"
-    config.write_text("name: fake\n")
-    return config
+    return install_fake_trainer(tmp_path, monkeypatch, FAKE_TRAINER, "fake_train")
 
 
 @pytest.fixture

@@ -38,20 +38,15 @@ from relpos.experiments.checkpoint import (
 from relpos.experiments.config import apply_overrides, build_model, resolve_config
 from relpos.experiments.config_utils import ConfigError, load_config
 
-pytestmark = [pytest.mark.reliability]
+from support import install_fake_trainer, kill_runs
+
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 SMALL = {"data": {"img_size": 8, "patch_size": 2, "mark_size": 1, "num_train": 64, "num_val": 32},
          "model": {"embed_dim": 16, "depth": 1, "num_heads": 2}}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ============================================================================ process helpers
@@ -103,16 +98,6 @@ def wait_for(predicate, timeout: float, every: float = 0.05, what: str = "condit
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def kill_runs(root: Path) -> None:
-    if not root.is_dir():
-        return
-    for child in root.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            pid = jobs.run_pid(child)
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                jobs.is_alive(pid)  # reap our own children
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -626,13 +611,7 @@ FAKE_TRAINER = textwrap.dedent(
 
 @pytest.fixture
 def fake_jobs(tmp_path, monkeypatch):
-    pkg = tmp_path / "fakepkg"
-    pkg.mkdir()
-    (pkg / "fake_train_rel.py").write_text(FAKE_TRAINER)
-    monkeypatch.setattr(jobs, "TRAIN_MODULE", "fake_train_rel")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
-    config = tmp_path / "cfg.yaml"
-    config.write_text("name: fake\n")
+    config = install_fake_trainer(tmp_path, monkeypatch, FAKE_TRAINER, "fake_train_rel")
     root = tmp_path / "runs"
     yield config, root
     kill_runs(root)
