@@ -22,10 +22,10 @@ PAYLOAD_LIMIT = 2 * 2**20
 
 
 def discover_pages() -> list[str]:
-    """The page files ``app.py`` routes to (paths relative to the repository root)."""
-    text = APP.read_text(encoding="utf-8")
-    found = re.findall(r"""["']((?:app_pages|pages)/[\w\-]+\.py)["']""", text)
-    return list(dict.fromkeys(p for p in found if (ROOT / p).is_file()))
+    """The app's pages (paths relative to the repository root): in Streamlit's pages/ mode every
+    ``pages/*.py`` is a page, in the order of its number prefix."""
+    found = (p for p in (ROOT / "pages").glob("*.py") if not p.name.startswith((".", "_")))
+    return [str(p.relative_to(ROOT)) for p in sorted(found, key=lambda p: (int(re.match(r"\d*", p.name)[0] or 0), p.name))]
 
 
 def _render(at, page: str | None) -> tuple[float, list[int], list[str]]:

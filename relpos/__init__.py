@@ -1,4 +1,4 @@
-"""relpos: relative position bias in attention, to see, train and compare."""
+"""relpos: relative position in attention (bias families and rotary embeddings), to see, train and compare."""
 
 from relpos.attention import (
     MultiHeadAttention,
@@ -20,6 +20,7 @@ from relpos.relative_position import (
 )
 
 from relpos.resize import resize_relative_position_bias_table
+from relpos.rotary import RotaryPositionEmbedding
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "MultiHeadAttention",
     "PatchEmbedding",
     "RelativePositionBias",
+    "RotaryPositionEmbedding",
     "ScaledDotProductAttention",
     "SyntheticImageDataset",
     "TransformerBlock",

@@ -11,22 +11,16 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
     """Return ``value`` as an int if it is an integer in ``[minimum, maximum]``."""
     # bool is an int subclass; True as a size is always a mistake.
     if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except (ImportError, TypeError):
-            raise TypeError(
-                f"{name} must be an int, got {value!r} ({type(value).__name__})"
-            ) from None
+        if not isinstance(value, np.integer):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
@@ -44,17 +38,9 @@ def check_float(
 ) -> float:
     """Return ``value`` as a finite float within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            import numpy as np
-
-            if isinstance(value, (np.integer, np.floating)):
-                value = float(value)
-            else:
-                raise TypeError
-        except (ImportError, TypeError):
-            raise TypeError(
-                f"{name} must be a number, got {value!r} ({type(value).__name__})"
-            ) from None
+        if not isinstance(value, (np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        value = float(value)
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

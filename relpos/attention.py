@@ -1,4 +1,5 @@
-"""Scaled dot-product and multi-head self-attention with an optional relative position bias.
+"""Scaled dot-product and multi-head self-attention with an optional relative position bias or rotary
+position embedding.
 
 Shape legend: ``B`` batch, ``H`` heads, ``N`` tokens (query = key length), ``D`` head dim,
 ``C = H * D`` embedding dim.
@@ -7,38 +8,56 @@ Two paths compute the same thing:
 
 * the **explicit** path (``ScaledDotProductAttention``): ``softmax(q k^T * scale + bias) v``; it
   materializes the ``(B, H, N, N)`` weights and returns them;
-* the **fused** path, which never returns weights: ``torch.nn.functional.scaled_dot_product_attention``
-  with the bias as a 4D float ``attn_mask`` (no ``(B, H, N, N)`` tensor at all), or, when autograd
-  needs a gradient through the bias, ``_BiasedAttentionFunction`` (bias add and softmax in place, a
-  hand-written backward; SDPA's own backward would fall back to its math kernel there).
+* the **fused** paths, which never return weights: ``torch.nn.functional.scaled_dot_product_attention``
+  with the bias as a 4D float ``attn_mask`` (no ``(B, H, N, N)`` tensor at all), an in-place
+  computation without autograd for small inputs, or, when autograd needs a gradient through the
+  bias, a custom autograd function (bias add and softmax in place, a hand-written backward; SDPA's
+  own backward would fall back to its math kernel there). The kernels live in
+  :mod:`relpos._attention_kernels`; :func:`_choose_kernel` is the one place that picks one.
 
 ``MultiHeadAttention`` returns only its output, so it picks the faster path by size and mode
-(``attn_impl="auto"``). Attention maps are an explicit request: :func:`collect_attention_maps`.
+(``attn_impl="auto"``). A rotary position embedding (``rope_kwargs``, :mod:`relpos.rotary`) turns the
+queries and keys after the ``qkv`` split and adds no bias, so a layer with RoPE alone takes exactly
+the kernels of a layer without position (fused SDPA forward and backward from
+``SDPA_MIN_TOKENS_TRAIN`` tokens in training), never the biased ones. Attention maps are an explicit request: :func:`collect_attention_maps`.
+That request and :func:`relative_position_bias_disabled` are *context-local*: they live in
+``contextvars.ContextVar`` values the layers read during the forward, never in flags written on the
+modules, so threads (e.g. browser sessions) sharing one model never see each other's requests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from relpos._validation import check_bool, check_choice, check_float, check_int
+from relpos._attention_kernels import KERNELS, check_bias, check_qkv, run_kernel
+from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
+from relpos.families import resolve_bias_kwargs
 from relpos.guards import check_budget, estimate_attention_maps_for
 from relpos.relative_position import RelativePositionBias
+from relpos.rotary import GRID_INDEXINGS, RotaryPositionEmbedding, estimate_rotary_memory
 
 __all__ = [
     "ATTN_IMPLS",
+    "ROPE_KWARGS",
     "MultiHeadAttention",
     "ScaledDotProductAttention",
     "collect_attention_maps",
     "relative_position_bias_disabled",
+    "resolve_rope_kwargs",
 ]
 
 #: Values of ``MultiHeadAttention(attn_impl=...)``.
 ATTN_IMPLS: tuple[str, ...] = ("auto", "sdpa", "explicit")
+
+#: Every keyword ``RotaryPositionEmbedding`` accepts (what ``rope_kwargs`` may hold).
+ROPE_KWARGS: tuple[str, ...] = (
+    "head_dim", "grid_size", "mode", "theta", "num_heads", "grid_indexing", "num_prefix_tokens"
+)
 
 # Path choice, measured on this CPU (2 threads; benchmarks/ and BENCHMARKS.md hold the sweep).
 # Without autograd, MultiHeadAttention(attn_impl="auto") always takes the no-weights route; inside
@@ -47,131 +66,67 @@ ATTN_IMPLS: tuple[str, ...] = ("auto", "sdpa", "explicit")
 # N=49 1.4 vs 1.9-2.1, N=196 4.0 vs 5.4), from N=256 SDPA wins (4.3 vs 5.7; N=1024 4.9 vs 5.7).
 # SDPA always gets the bias as a 4D (1, H, N, N) mask: a 3D one sent it to a path 2-2.5x slower.
 # In training a bias that needs a gradient takes the custom fused-explicit function
-# (_BiasedAttentionFunction) whenever dropout is inactive; SDPA (flash forward and backward) is used
-# in training only without such a bias, from SDPA_MIN_TOKENS_TRAIN tokens on.
+# (_attention_kernels.BiasedAttentionFunction) whenever dropout is inactive; SDPA (flash forward
+# and backward) is used in training only without such a bias, from SDPA_MIN_TOKENS_TRAIN tokens on.
 SDPA_MIN_TOKENS_EVAL = 256
 SDPA_MIN_TOKENS_TRAIN = 196
 BIASED_FUSED_MIN_TOKENS_TRAIN = 1
 
 
-def _check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, N, D), got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, N, D), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    bq, hq, _, dq = query.shape
-    bk, hk, nk, dk = key.shape
-    bv, hv, nv, _ = value.shape
-    if (bq, hq) != (bk, hk) or (bq, hq) != (bv, hv):
-        raise ValueError(
-            "query, key and value must agree on (B, H): got "
-            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    if dq != dk:
-        raise ValueError(f"query and key must have the same head dim D: got {dq} and {dk}")
-    if nk != nv:
-        raise ValueError(f"key and value must have the same length N: got {nk} and {nv}")
+def _choose_kernel(
+    num_tokens: int,
+    has_bias: bool,
+    training: bool,
+    needs_grad: bool,
+    dropout: float,
+    attn_impl: str,
+    need_weights: bool,
+) -> str:
+    """The one choice of attention kernel: ``"explicit"``, ``"inplace"``, ``"biased_fused"`` or ``"sdpa"``.
 
+    Args:
+        num_tokens: query tokens ``N``.
+        has_bias: a bias is added to the logits.
+        training: the attention module is in training mode.
+        needs_grad: autograd records this call (grad enabled and some input or the bias requires it).
+        dropout: the attention-weights dropout probability (active only when ``training``).
+        attn_impl: ``"auto"`` (the measured thresholds above), ``"sdpa"`` (a fused kernel at every
+            size) or ``"explicit"`` (always the weights path).
+        need_weights: the caller needs the ``(B, H, N, N)`` weights (only "explicit" returns them).
 
-def _check_bias(bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> None:
-    if not isinstance(bias, torch.Tensor):
-        raise TypeError(
-            f"relative_position_bias must be a torch.Tensor of shape (H, N, N), got {type(bias).__name__}"
-        )
-    b, h, nq, _ = query.shape
-    nk = key.shape[2]
-    target = (b, h, nq, nk)
-    shape = tuple(bias.shape)
-    ok = 2 <= len(shape) <= 4 and all(
-        s in (1, t) for s, t in zip(reversed(shape), reversed(target))
-    )
-    if not ok:
-        raise ValueError(
-            f"relative_position_bias of shape {shape} does not broadcast to the attention logits "
-            f"(B, H, N_q, N_k) = {target}; expected (H, N, N) = {(h, nq, nk)}"
-        )
-
-
-def _as_4d_mask(bias: torch.Tensor) -> torch.Tensor:
-    """View a ``(H, N, N)`` (or 2D) bias as ``(1, H, N, N)``: SDPA's CPU flash kernel takes a 4D
-    float mask directly, while a 3D one sent it to a path 2-2.5x slower (torch 2.13, measured)."""
-    if bias.dim() >= 4:
-        return bias
-    return bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (1, H, N, N) view
-
-
-def _explicit_inplace_no_grad(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + bias) v`` without autograd, one ``(B, H, Nq, Nk)`` buffer reused."""
-    logits = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, H, Nq, Nk)
-    if bias is not None:
-        logits.add_(bias)
-    probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # row-wise, in place
-    return torch.matmul(probs, v)  # (B, H, Nq, Dv)
-
-
-class _BiasedAttentionFunction(torch.autograd.Function):
-    """``softmax(q k^T * scale + bias) v`` with a hand-written backward (no dropout).
-
-    Why: SDPA's backward falls back to its math kernel when the float mask needs a gradient, and
-    plain autograd keeps several ``(B, H, N, N)`` temporaries. Here the forward writes the logits
-    once (bias copied into the buffer, then ``baddbmm_`` adds ``scale * q k^T``), takes the softmax
-    in place and saves only ``P``; the backward computes ``dS = P * (dP - rowsum(dP * P))`` in place
-    of ``dP`` and sums it over the batch for the bias (a view when ``B == 1``).
-
-    Inputs: ``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)``, ``bias`` broadcastable to
-    ``(B, H, Nq, Nk)`` in ``q``'s dtype, ``scale`` a float. Output ``(B, H, Nq, D)``.
+    Rules: weights wanted -> explicit. With autograd: a bias and no active dropout -> the custom
+    function; otherwise SDPA from ``SDPA_MIN_TOKENS_TRAIN`` tokens, explicit below ("auto"). Without
+    autograd (grad off, or nothing requires a gradient): in place below ``SDPA_MIN_TOKENS_EVAL`` tokens
+    ("auto", dropout inactive), SDPA otherwise.
     """
+    if need_weights or attn_impl == "explicit":
+        return "explicit"
+    dropout_active = training and dropout > 0.0
+    if needs_grad:
+        if has_bias and not dropout_active:
+            fused = attn_impl == "sdpa" or num_tokens >= BIASED_FUSED_MIN_TOKENS_TRAIN
+            return "biased_fused" if fused else "explicit"
+        return "sdpa" if attn_impl == "sdpa" or num_tokens >= SDPA_MIN_TOKENS_TRAIN else "explicit"
+    if not dropout_active and attn_impl == "auto" and num_tokens < SDPA_MIN_TOKENS_EVAL:
+        return "inplace"
+    return "sdpa"
 
-    @staticmethod
-    def forward(ctx, q, k, v, bias, scale):  # type: ignore[override]
-        B, H, Nq, D = q.shape
-        Nk = k.shape[2]
-        qf = q.reshape(B * H, Nq, D)  # (BH, Nq, D)
-        kf = k.reshape(B * H, Nk, D)  # (BH, Nk, D)
-        vf = v.reshape(B * H, Nk, v.shape[-1])  # (BH, Nk, Dv)
-        logits = torch.empty(B, H, Nq, Nk, dtype=q.dtype, device=q.device)
-        logits.copy_(bias.expand(B, H, Nq, Nk))
-        logits = logits.view(B * H, Nq, Nk).baddbmm_(qf, kf.transpose(1, 2), alpha=scale)  # (BH, Nq, Nk)
-        # Row-wise kernel over the last dim: reading a row fully before writing it, so in place is safe.
-        probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # (BH, Nq, Nk)
-        out = torch.bmm(probs, vf)  # (BH, Nq, Dv)
-        ctx.save_for_backward(qf, kf, vf, probs)
-        ctx.scale = scale
-        ctx.dims = (B, H, Nq, Nk)
-        ctx.shapes = (q.shape, k.shape, v.shape, bias.shape)
-        return out.view(B, H, Nq, v.shape[-1])  # (B, H, Nq, Dv)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        qf, kf, vf, probs = ctx.saved_tensors
-        B, H, Nq, Nk = ctx.dims
-        q_shape, k_shape, v_shape, bias_shape = ctx.shapes
-        need_q, need_k, need_v, need_bias, _ = ctx.needs_input_grad
-        g = grad_out.reshape(B * H, Nq, grad_out.shape[-1])  # (BH, Nq, Dv)
-        grad_q = grad_k = grad_v = grad_bias = None
-        if need_v:
-            grad_v = torch.bmm(probs.transpose(1, 2), g).view(v_shape)  # (B, H, Nk, Dv)
-        if need_q or need_k or need_bias:
-            d = torch.bmm(g, vf.transpose(1, 2))  # (BH, Nq, Nk): dP
-            # dS = P * (dP - rowsum(dP * P)), written over dP (row-wise kernel, as in the forward).
-            d = torch.ops.aten._softmax_backward_data.out(d, probs, -1, probs.dtype, grad_input=d)
-            if need_q:
-                grad_q = torch.bmm(d, kf * ctx.scale).view(q_shape)  # (B, H, Nq, D)
-            if need_k:
-                grad_k = torch.bmm(d.transpose(1, 2), qf * ctx.scale).view(k_shape)  # (B, H, Nk, D)
-            if need_bias:
-                d4 = d.view(B, H, Nq, Nk)
-                if B == 1 and len(bias_shape) == 3:
-                    grad_bias = d4[0]  # (H, Nq, Nk) view, no copy
-                else:
-                    grad_bias = d4.sum_to_size(bias_shape)
-        return grad_q, grad_k, grad_v, grad_bias, None
+class _MapRequest:
+    """One :func:`collect_attention_maps` call: which layers report, and the slots they fill."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.slots = {m: i for i, m in enumerate(layers)}  # layer -> position in ``maps``
+        self.maps: list[torch.Tensor | None] = [None] * len(layers)
+
+
+# Context-local modes read by MultiHeadAttention.forward (each thread starts with the defaults).
+_MAP_REQUEST: contextvars.ContextVar[_MapRequest | None] = contextvars.ContextVar(
+    "relpos_attention_map_request", default=None
+)
+_BIAS_OFF: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "relpos_attention_bias_off", default=frozenset()
+)
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -189,6 +144,7 @@ class ScaledDotProductAttention(nn.Module):
     passed as a 4D float mask), or, when autograd needs gradients through a bias and dropout is
     inactive, a custom autograd function with the bias add and softmax done in place and its own
     backward (SDPA's backward would fall back to its math kernel for a mask that needs a gradient).
+    A parent module that already chose a kernel (``_choose_kernel``) passes it as ``kernel=``.
     """
 
     def __init__(self, scale: bool | float = True, dropout: float = 0.0) -> None:
@@ -199,9 +155,6 @@ class ScaledDotProductAttention(nn.Module):
             self.scale = check_float("scale", scale, minimum=0.0, min_inclusive=False)
         self.dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         self.attn_drop = nn.Dropout(self.dropout)
-        # Set by MultiHeadAttention(attn_impl="auto") per call: below this many query tokens the
-        # no-weights route without autograd computes in place instead of calling SDPA.
-        self._inplace_below_tokens = 0
 
     def scale_factor(self, head_dim: int) -> float:
         if self.scale is True:
@@ -217,43 +170,30 @@ class ScaledDotProductAttention(nn.Module):
         value: torch.Tensor,
         relative_position_bias: torch.Tensor | None = None,
         need_weights: bool = True,
+        *,
+        kernel: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        _check_qkv(query, key, value)
-        if relative_position_bias is not None:
-            _check_bias(relative_position_bias, query, key)
-            relative_position_bias = relative_position_bias.to(query.dtype)
-        scale = self.scale_factor(query.shape[-1])
-        if not need_weights:
-            dropout_p = self.dropout if self.training else 0.0
-            bias = relative_position_bias
-            if (
-                bias is not None
-                and dropout_p == 0.0
-                and torch.is_grad_enabled()
-                and any(t.requires_grad for t in (query, key, value, bias))
-            ):
-                out = _BiasedAttentionFunction.apply(query, key, value, bias, scale)  # (B, H, N, D)
-                return out, None
-            no_autograd = not torch.is_grad_enabled() or not any(
+        check_qkv(query, key, value)
+        bias = relative_position_bias
+        if bias is not None:
+            check_bias(bias, query, key)
+            bias = bias.to(query.dtype)
+        if kernel is None:
+            needs_grad = torch.is_grad_enabled() and any(
                 t.requires_grad for t in (query, key, value, bias) if t is not None
             )
-            if no_autograd and dropout_p == 0.0 and query.shape[2] < self._inplace_below_tokens:
-                return _explicit_inplace_no_grad(query, key, value, bias, scale), None
-            out = F.scaled_dot_product_attention(
-                query,
-                key,
-                value,
-                attn_mask=None if bias is None else _as_4d_mask(bias),
-                dropout_p=dropout_p,
-                scale=scale,
-            )  # (B, H, N, D)
-            return out, None
-        attn = (query * scale) @ key.transpose(-2, -1)  # (B, H, N, N)
-        if relative_position_bias is not None:
-            attn = attn + relative_position_bias
-        attn = attn.softmax(dim=-1)
-        out = self.attn_drop(attn) @ value  # (B, H, N, D)
-        return out, attn
+            kernel = _choose_kernel(
+                query.shape[2], bias is not None, self.training, needs_grad, self.dropout,
+                attn_impl="sdpa", need_weights=need_weights,
+            )
+        else:
+            check_choice("kernel", kernel, KERNELS)
+            if need_weights and kernel != "explicit":
+                raise ValueError(f"need_weights=True needs kernel='explicit', got kernel={kernel!r}")
+        dropout_p = self.dropout if self.training else 0.0
+        return run_kernel(
+            kernel, query, key, value, bias, self.scale_factor(query.shape[-1]), self.attn_drop, dropout_p
+        )  # (B, H, N, D), (B, H, N, N) or None
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, dropout={self.dropout}"
@@ -272,10 +212,16 @@ class MultiHeadAttention(nn.Module):
         qkv_bias: bias in the fused ``qkv`` projection.
         attn_impl: ``"auto"`` (fastest path by size and mode), ``"sdpa"`` (always fused) or
             ``"explicit"`` (always materialize the weights).
+        rope_kwargs: keyword arguments of :class:`~relpos.rotary.RotaryPositionEmbedding` (at least
+            ``grid_size``; ``mode``, ``theta``, ``grid_indexing``, ``num_prefix_tokens`` optional):
+            this layer then rotates its queries and keys (:func:`resolve_rope_kwargs` fills
+            ``head_dim`` and ``num_heads``, which must agree when given). Works alone or with a
+            relative position bias.
 
     Attributes: ``embed_dim``, ``num_heads``, ``head_dim``, ``qkv`` (``Linear(C, 3C)``),
     ``attention`` (:class:`ScaledDotProductAttention`), ``relative_position_bias``
-    (``RelativePositionBias`` or ``None``), ``proj`` (``Linear(C, C)``).
+    (``RelativePositionBias`` or ``None``), ``rope`` (``RotaryPositionEmbedding`` or ``None``; a
+    learned "mixed" one is this layer's own: state-dict key ``rope.freqs``), ``proj`` (``Linear(C, C)``).
     """
 
     def __init__(
@@ -287,6 +233,7 @@ class MultiHeadAttention(nn.Module):
         rpb_kwargs: dict | None = None,
         qkv_bias: bool = True,
         attn_impl: str = "auto",
+        rope_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = check_int("embed_dim", embed_dim)
@@ -314,22 +261,11 @@ class MultiHeadAttention(nn.Module):
                 "rpb_kwargs was given but use_relative_position is False: "
                 "set use_relative_position=True or drop rpb_kwargs"
             )
-        # Set by collect_attention_maps / relative_position_bias_disabled for one forward.
-        self._force_weights = False
-        self._bias_disabled = False
-
-    def _use_sdpa(self, num_tokens: int, bias: torch.Tensor | None = None) -> bool:
-        """Whether to call the attention with ``need_weights=False`` (a fused path)."""
-        if self._force_weights or self.attn_impl == "explicit":
-            return False
-        if self.attn_impl == "sdpa":
-            return True
-        if not torch.is_grad_enabled():
-            return True  # no weights needed: in place below SDPA_MIN_TOKENS_EVAL, SDPA from there
-        dropout_active = self.training and self.attention.dropout > 0.0
-        if bias is not None and not dropout_active:
-            return num_tokens >= BIASED_FUSED_MIN_TOKENS_TRAIN
-        return num_tokens >= SDPA_MIN_TOKENS_TRAIN
+        self.rope: RotaryPositionEmbedding | None = None
+        if rope_kwargs is not None:
+            self.rope = RotaryPositionEmbedding(
+                **resolve_rope_kwargs(rope_kwargs, head_dim=self.head_dim, num_heads=self.num_heads)
+            )
 
     def forward(
         self, x: torch.Tensor, relative_position_bias: torch.Tensor | None = None
@@ -345,8 +281,11 @@ class MultiHeadAttention(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         B, N, C = x.shape
-        bias = None if self._bias_disabled else relative_position_bias
-        if bias is None and self.relative_position_bias is not None and not self._bias_disabled:
+        bias_off = self in _BIAS_OFF.get()
+        request = _MAP_REQUEST.get()
+        slot = None if request is None else request.slots.get(self)
+        bias = None if bias_off else relative_position_bias
+        if bias is None and self.relative_position_bias is not None and not bias_off:
             n_bias = self.relative_position_bias.num_tokens
             if N != n_bias:
                 raise ValueError(
@@ -357,9 +296,17 @@ class MultiHeadAttention(nn.Module):
             bias = self.relative_position_bias()  # (H, N, N)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
-        fused = self._use_sdpa(N, bias)
-        self.attention._inplace_below_tokens = SDPA_MIN_TOKENS_EVAL if self.attn_impl == "auto" else 0
-        out, _ = self.attention(q, k, v, bias, need_weights=not fused)  # (B, H, N, D)
+        if self.rope is not None:
+            q, k = self.rope(q, k)  # each (B, H, N, D), turned by position (prefix tokens untouched)
+        bias_grad = bias is not None and bias.requires_grad
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or bias_grad)
+        kernel = _choose_kernel(
+            N, bias is not None, self.attention.training, needs_grad, self.attention.dropout, self.attn_impl,
+            need_weights=slot is not None,
+        )
+        out, weights = self.attention(q, k, v, bias, need_weights=kernel == "explicit", kernel=kernel)
+        if slot is not None:
+            request.maps[slot] = weights  # (B, H, N, N)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(out))
 
@@ -368,17 +315,54 @@ class MultiHeadAttention(nn.Module):
 
 
 def resolve_rpb_kwargs(rpb_kwargs: dict | None, num_heads: int) -> dict:
-    """Fill ``num_heads`` into ``rpb_kwargs`` and check that it agrees with the model's."""
-    if rpb_kwargs is None:
-        rpb_kwargs = {}
-    if not isinstance(rpb_kwargs, dict):
-        raise TypeError(f"rpb_kwargs must be a dict or None, got {type(rpb_kwargs).__name__}")
-    kwargs = dict(rpb_kwargs)
-    given = kwargs.setdefault("num_heads", num_heads)
-    if given != num_heads:
-        raise ValueError(
-            f"rpb_kwargs['num_heads'] ({given!r}) must equal the attention's num_heads ({num_heads})"
-        )
+    """``rpb_kwargs`` with ``num_heads`` filled and checked (:func:`relpos.families.resolve_bias_kwargs`)."""
+    return resolve_bias_kwargs(rpb_kwargs, num_heads=num_heads)
+
+
+def resolve_rope_kwargs(rope_kwargs: dict | None, *, head_dim: int, num_heads: int, **model: object) -> dict:
+    """``RotaryPositionEmbedding`` keyword arguments: ``rope_kwargs`` checked, the layer's sizes filled.
+
+    Args:
+        rope_kwargs: keyword arguments of :class:`~relpos.rotary.RotaryPositionEmbedding` (names in
+            :data:`ROPE_KWARGS`), or ``None`` (all from the caller).
+        head_dim: the attention's ``D``; ``num_heads``: its ``H`` (both filled; given values must agree).
+        **model: more values the caller fixes (a ViT: ``grid_size``, ``mode``, ``num_prefix_tokens``);
+            given values must agree with them.
+
+    Returns:
+        A new dict with ``head_dim``, ``num_heads`` and ``grid_size``; every value checked without
+        building anything (mode, the head_dim it allows, the grid, ``theta > 0``, ``grid_indexing``).
+
+    Raises:
+        TypeError: ``rope_kwargs`` is not a dict or None, or a value has the wrong type.
+        ValueError: an unknown key, a value that disagrees with the layer or the model, no
+            ``grid_size``, an odd or (2D) non-multiple-of-4 ``head_dim``, or a value out of range.
+    """
+    if rope_kwargs is None:
+        rope_kwargs = {}
+    if not isinstance(rope_kwargs, dict):
+        raise TypeError(f"rope_kwargs must be a dict or None, got {type(rope_kwargs).__name__}")
+    unknown = sorted(str(k) for k in rope_kwargs if k not in ROPE_KWARGS)
+    if unknown:
+        raise ValueError(f"rope_kwargs has unknown keys {unknown}; allowed: {', '.join(ROPE_KWARGS)}")
+    kwargs = dict(rope_kwargs)
+    for key, value in {"head_dim": head_dim, "num_heads": num_heads, **model}.items():
+        given = kwargs.setdefault(key, value)
+        if key == "grid_size" and isinstance(value, tuple):  # (h, w), [h, w] and a square's side agree
+            given = check_window_size("rope_kwargs['grid_size']", given)
+        if given != value:
+            whose = "the attention's" if key in ("head_dim", "num_heads") else "the model's"
+            raise ValueError(f"rope_kwargs['{key}'] ({given!r}) must equal {whose} {key} ({value!r})")
+    if kwargs.get("grid_size") is None:
+        raise ValueError("rope_kwargs needs grid_size: the (h, w) token grid (or the length L for mode '1d')")
+    mode = kwargs.get("mode", "axial")
+    estimate_rotary_memory(  # checks mode, head_dim (even; a multiple of 4 in 2D), the grid and the counts
+        kwargs["head_dim"], kwargs["grid_size"], mode, kwargs["num_heads"], kwargs.get("num_prefix_tokens", 0)
+    )
+    if kwargs.get("theta") is not None:
+        check_float("rope_kwargs['theta']", kwargs["theta"], minimum=0.0, min_inclusive=False)
+    if kwargs.get("grid_indexing") is not None:
+        check_choice("rope_kwargs['grid_indexing']", kwargs["grid_indexing"], GRID_INDEXINGS)
     return kwargs
 
 
@@ -390,16 +374,17 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]
 
 @contextlib.contextmanager
 def relative_position_bias_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` as if every relative position bias were zero, inside the ``with`` block."""
-    mods = [m for _, m in _attention_modules(model)]
-    before = [m._bias_disabled for m in mods]
+    """Run ``model`` as if every relative position bias were zero, inside the ``with`` block.
+
+    The switch is context-local (a ``ContextVar``): it holds for forwards run by this thread (or
+    asyncio task) inside the block, and other threads using the same model are unaffected.
+    """
+    mods = frozenset(m for _, m in _attention_modules(model))
+    token = _BIAS_OFF.set(_BIAS_OFF.get() | mods)
     try:
-        for m in mods:
-            m._bias_disabled = True
         yield model
     finally:
-        for m, b in zip(mods, before):
-            m._bias_disabled = b
+        _BIAS_OFF.reset(token)
 
 
 @torch.no_grad()
@@ -416,36 +401,29 @@ def collect_attention_maps(
     Returns:
         A list with one ``(B, H, N, N)`` tensor of softmax weights per attention layer, in module
         order. The model's mode, paths and hooks are as they were when this returns.
+
+    The request is context-local (no hooks, no flags on the modules), so several threads may collect
+    maps from one shared model at once. A model already in eval mode is not written to at all; one
+    in training mode is switched to eval for the call (do not train it in another thread meanwhile).
     """
     mods = _attention_modules(model)
     if not mods:
         raise ValueError(f"model ({type(model).__name__}) has no MultiHeadAttention layer")
     check_budget(estimate_attention_maps_for(model, *inputs))
-    maps: list[torch.Tensor | None] = [None] * len(mods)
-    handles = []
-
-    def hook_for(i: int):
-        def hook(_module, _args, output):
-            maps[i] = output[1]
-
-        return hook
-
-    was_training = model.training
+    request = _MapRequest([m for _, m in mods])
+    training = [m for m in model.modules() if m.training]
+    token = _MAP_REQUEST.set(request)
     try:
-        model.eval()
-        for i, (_, m) in enumerate(mods):
-            m._force_weights = True
-            handles.append(m.attention.register_forward_hook(hook_for(i)))
+        if training:
+            model.eval()
         ctx = contextlib.nullcontext() if with_bias else relative_position_bias_disabled(model)
         with ctx:
             model(*inputs)
     finally:
-        for h in handles:
-            h.remove()
-        for _, m in mods:
-            m._force_weights = False
-        model.train(was_training)
-    missing = [name for (name, _), a in zip(mods, maps) if a is None]
+        _MAP_REQUEST.reset(token)
+        for m in training:
+            m.training = True
+    missing = [name for (name, _), a in zip(mods, request.maps) if a is None]
     if missing:
         raise RuntimeError(f"these attention layers did not run during the forward: {missing}")
-    return maps  # type: ignore[return-value]
+    return request.maps  # type: ignore[return-value]

@@ -2,7 +2,7 @@
 
 Shape legend: ``T`` table rows, ``H`` heads, ``(h, w)`` window, ``N`` tokens.
 
-Recognized key names (a leading ``module.`` from DDP is ignored):
+Recognized key names (leading ``module.`` / ``_orig_mod.`` from DDP / ``torch.compile`` are ignored):
 
 ==========================  ===========================================================================
 source                      key of a ``(T, H)`` table
@@ -26,7 +26,9 @@ table under another project's name, imported under the relpos name), ``"dropped"
 other weights, and derived buffers such as ``relative_position_index``, which is checked against the
 index relpos computes). :func:`import_into` adds ``"resized"`` when a table's window differs from the
 model's. The window is inferred from ``T = (2h-1)(2w-1)`` (square, or from a saved index), ``+ 3``
-rows meaning BEiT's class-token rows.
+rows meaning BEiT's class-token rows. Which relpos bias takes what is read from the family flags
+(:data:`relpos.families.FAMILIES`): a learned 2D table takes a table (keeping or dropping the
+class-token rows as its ``extra_rows`` say), a bias with a ``cpb_mlp`` takes a Swin V2 MLP.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from relpos._file_limits import check_loaded_tensors, check_safetensors, check_torch_archive
+from relpos._limits import short_text
 from relpos._validation import check_choice
+from relpos.experiments.checkpoint import strip_key_prefixes
+from relpos.families import FAMILIES, NUM_CLS_ROWS
+from relpos.guards import ResourceLimitError, format_bytes, memory_budget_bytes
 from relpos.relative_position import (
     RelativePositionBias,
     get_relative_position_index_2d,
@@ -66,7 +73,6 @@ __all__ = [
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 _WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "module", "model_state", "model_state_dict")
-_NUM_CLS_ROWS = 3
 
 # (source, regex with named groups stage/block/layer) -> what a key is. Order matters: first match wins.
 _TABLE = "relative_position_bias_table"
@@ -91,19 +97,19 @@ _PATTERNS: list[tuple[str, str, re.Pattern]] = [
     ("HF BEiT (shared)", "table", re.compile(rf"^(?:beit|data2vec_vision)\.encoder\.relative_position_bias\.{_TABLE}$")),
     (
         "Swin V2 (official/timm)",
-        "cpb",
+        "mlp",
         re.compile(r"^layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.attn\.cpb_mlp\.(?P<param>[02]\.(?:weight|bias))$"),
     ),
     (
         "HF Swin V2",
-        "cpb",
+        "mlp",
         re.compile(
             r"^swinv2\.encoder\.layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.attention\.self\."
             r"continuous_position_bias_mlp\.(?P<param>[02]\.(?:weight|bias))$"
         ),
     ),
-    ("relpos", "cpb", re.compile(r"^blocks\.(?P<layer>\d+)\.attn\.relative_position_bias\.cpb_mlp\.(?P<param>[02]\.(?:weight|bias))$")),
-    ("relpos (shared)", "cpb", re.compile(r"^rel_pos_bias\.cpb_mlp\.(?P<param>[02]\.(?:weight|bias))$")),
+    ("relpos", "mlp", re.compile(r"^blocks\.(?P<layer>\d+)\.attn\.relative_position_bias\.cpb_mlp\.(?P<param>[02]\.(?:weight|bias))$")),
+    ("relpos (shared)", "mlp", re.compile(r"^rel_pos_bias\.cpb_mlp\.(?P<param>[02]\.(?:weight|bias))$")),
 ]
 _INDEX_RE = re.compile(r"(?:^|\.)relative_position_index$")
 _DERIVED_RE = re.compile(r"(?:^|\.)(relative_coords_table|attn_mask|relative_position_index)$")
@@ -126,7 +132,7 @@ class TableInfo:
     """One relative position bias found in the state dict (a table, or a Swin V2 MLP).
 
     ``layer`` is the flat block index (Swin's stages counted in order), ``None`` for a shared bias.
-    ``table`` is ``(T, H)`` for a table and ``None`` for a cpb MLP (``cpb_state`` holds its weights).
+    ``table`` is ``(T, H)`` for a table and ``None`` for a Swin V2 MLP (``cpb_state`` holds its weights).
     """
 
     source: str
@@ -143,7 +149,18 @@ class TableInfo:
 
     @property
     def kind(self) -> str:
-        return "cpb" if self.table is None else ("2d_cls" if self.has_cls_rows else "2d")
+        """``"table"`` (a ``(T, H)`` table, ``has_cls_rows`` says whether BEiT's rows end it) or ``"mlp"``."""
+        return "mlp" if self.table is None else "table"
+
+    @property
+    def bias_type(self) -> str:
+        """The relpos family this bias loads into, read off :data:`~relpos.families.FAMILIES`: a Swin V2
+        MLP the family with a ``cpb_hidden_dim`` option, a table the learned 2D family with as many
+        class-token rows."""
+        if self.table is None:
+            return next(n for n, f in FAMILIES.items() if "cpb_hidden_dim" in f.options)
+        rows = NUM_CLS_ROWS if self.has_cls_rows else 0
+        return next(n for n, f in FAMILIES.items() if f.learned and f.is_2d() and f.extra_rows == rows)
 
 
 @dataclass
@@ -197,7 +214,12 @@ def load_state_dict(source: str | Path | bytes, filename: str | None = None) -> 
     """Read a state dict from a ``.pth``/``.pt``/``.bin``/``.ckpt`` or ``.safetensors`` file (or its bytes).
 
     Pickled files are read with ``torch.load(weights_only=True)``; a state dict nested under
-    ``"model"``, ``"state_dict"``, ``"module"`` (or ``"model_state"``) is unwrapped.
+    ``"model"``, ``"state_dict"``, ``"module"`` (or ``"model_state"``) is unwrapped. Sizes are
+    checked before reading (:mod:`relpos._file_limits`): a torch file's zip directory (declared
+    bytes against the memory budget, DEFLATE ratio, entry count; the legacy non-zip format is
+    refused), a safetensors header's shapes against the bytes stored; after reading, every
+    tensor's declared size against what it stores (a stride-0 view declaring 2^40 elements is
+    refused). Each refusal is a ``ValueError`` naming the file (and the key).
 
     Args:
         source: a path, or the file's bytes (an upload).
@@ -212,6 +234,11 @@ def load_state_dict(source: str | Path | bytes, filename: str | None = None) -> 
         raise ValueError(
             f"checkpoint file {Path(name).name!r} has suffix {suffix!r}; allowed: {', '.join(CHECKPOINT_SUFFIXES)}"
         )
+    label = Path(name).name  # the file as the user knows it
+    if suffix == ".safetensors":
+        check_safetensors(source, label)  # shapes and offsets against the file and the budget
+    else:
+        check_torch_archive(source, label)  # the zip directory against the budget, before inflating
     try:  # corrupt, truncated or unsafe files raise many types (EOFError, UnpicklingError, SafetensorError...)
         if suffix == ".safetensors":
             # safetensors holds raw tensors only: no pickle, nothing to execute.
@@ -231,6 +258,7 @@ def load_state_dict(source: str | Path | bytes, filename: str | None = None) -> 
         why = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"cannot read checkpoint file {Path(name).name!r}: it is truncated, corrupt or holds "
                          f"objects that weights_only=True refuses ({type(exc).__name__}: {why})") from None
+    check_loaded_tensors(obj, label)  # a tensor declaring more than it stores: refused, naming the key
     # unwrap {"model": {...}, "epoch": ...}-style checkpoints
     for _ in range(3):
         if not isinstance(obj, dict):
@@ -258,7 +286,7 @@ def infer_window_size(num_rows: int, index: torch.Tensor | None = None) -> tuple
     ``N - 1`` with a class token) and ``(2h-1)(2w-1) = T`` (``- 3``). ``None`` when nothing fits.
     """
     for cls in (False, True):
-        core = num_rows - (_NUM_CLS_ROWS if cls else 0)
+        core = num_rows - (NUM_CLS_ROWS if cls else 0)
         if core < 1:
             continue
         if index is not None and index.dim() == 2 and index.shape[0] == index.shape[1]:
@@ -286,13 +314,22 @@ def infer_window_size(num_rows: int, index: torch.Tensor | None = None) -> tuple
 
 
 # ---------------------------------------------------------------- inspecting
-def _strip(key: str) -> str:
-    return key[len("module.") :] if key.startswith("module.") else key
-
-
 def _target(kind: str, layer: int | None, param: str | None = None) -> str:
     base = "rel_pos_bias" if layer is None else f"blocks.{layer}.attn.relative_position_bias"
-    return f"{base}.relative_position_bias_table" if kind == "table" else f"{base}.cpb_mlp.{param}"
+    return f"{base}.relative_position_bias_table" if kind == "table" else f"{base}.cpb_mlp.{param}"  # "mlp"
+
+
+def _float_copy(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of ``value``; a copy over the memory budget, or one the allocator refuses,
+    is a ``ValueError`` naming ``key`` (never a RuntimeError from deep inside torch)."""
+    need = value.numel() * 4
+    if need > memory_budget_bytes():
+        raise ResourceLimitError(f"{key}: shape {tuple(value.shape)} needs {format_bytes(need)} as "
+                                 f"float32, over the memory budget of {format_bytes(memory_budget_bytes())}")
+    try:
+        return value.detach().float().clone()
+    except RuntimeError as exc:
+        raise ValueError(f"{key}: cannot copy shape {tuple(value.shape)}: {short_text(str(exc))}") from None
 
 
 def inspect_state_dict(state_dict: dict[str, torch.Tensor]) -> ImportReport:
@@ -306,7 +343,7 @@ def inspect_state_dict(state_dict: dict[str, torch.Tensor]) -> ImportReport:
         raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
     matches: dict[str, tuple[str, str, dict]] = {}
     for key in state_dict:
-        k = _strip(key)
+        k = strip_key_prefixes(key)
         for source, kind, pat in _PATTERNS:
             m = pat.match(k)
             if m:
@@ -370,28 +407,28 @@ def inspect_state_dict(state_dict: dict[str, torch.Tensor]) -> ImportReport:
             window, cls = inferred
             info = TableInfo(
                 source=source, key=key, target=target, layer=layer, num_heads=value.shape[1],
-                window_size=window, has_cls_rows=cls, table=value.detach().float().clone(),
+                window_size=window, has_cls_rows=cls, table=_float_copy(key, value),
                 stage=None if g.get("stage") is None else int(g["stage"]),
                 block=None if g.get("block") is None else int(g["block"]),
             )
             tables[("table", layer)] = info
             note = f"window {window}, {value.shape[1]} heads" + (", +3 class-token rows" if cls else "")
         else:
-            target = _target("cpb", layer, g["param"])
-            info = tables.get(("cpb", layer))
+            target = _target("mlp", layer, g["param"])
+            info = tables.get(("mlp", layer))
             if info is None:
                 info = TableInfo(
-                    source=source, key=key, target=_target("cpb", layer, "*"), layer=layer, num_heads=0,
+                    source=source, key=key, target=_target("mlp", layer, "*"), layer=layer, num_heads=0,
                     window_size=None, has_cls_rows=False,
                     stage=None if g.get("stage") is None else int(g["stage"]),
                     block=None if g.get("block") is None else int(g["block"]),
                 )
-                tables[("cpb", layer)] = info
-            info.cpb_state[g["param"]] = value.detach().float().clone()
+                tables[("mlp", layer)] = info
+            info.cpb_state[g["param"]] = _float_copy(key, value)
             if g["param"] == "2.weight":
                 info.num_heads = value.shape[0]
             note = "Swin V2 continuous position bias MLP"
-        action = "mapped" if _strip(key) == target else "renamed"
+        action = "mapped" if strip_key_prefixes(key) == target else "renamed"
         keys.append(KeyReport(key, action, target, source, shape, note))
 
     ordered = sorted(tables.values(), key=lambda t: (t.layer is not None, t.layer or 0, t.kind))
@@ -411,11 +448,11 @@ def _bias_modules(model: nn.Module) -> list[tuple[str, RelativePositionBias]]:
 def _fit_table(info: TableInfo, m: RelativePositionBias, method: str) -> tuple[torch.Tensor, str, str]:
     """The table of ``info`` shaped for ``m``: returns (table, action, note)."""
     table, notes, action = info.table, [], "mapped"
-    if info.has_cls_rows and m.bias_type == "2d":
-        table = table[:-_NUM_CLS_ROWS]
+    if info.has_cls_rows and not m.family.extra_rows:
+        table = table[:-NUM_CLS_ROWS]
         notes.append("dropped the 3 class-token rows")
-    elif not info.has_cls_rows and m.bias_type == "2d_cls":
-        table = torch.cat([table, m.relative_position_bias_table.detach()[-_NUM_CLS_ROWS:].float().cpu()])
+    elif not info.has_cls_rows and m.family.extra_rows:
+        table = torch.cat([table, m.relative_position_bias_table.detach()[-NUM_CLS_ROWS:].float().cpu()])
         notes.append("kept the model's 3 class-token rows")
     if info.window_size != m.window_size:
         table = resize_relative_position_bias_table(table, info.window_size, m.window_size, method=method)
@@ -434,9 +471,10 @@ def import_into(
 
     Pairing: a shared bias goes to a shared bias (or to every block's, and the note says so); per-block
     biases go to the model's in order (flat layer ``i`` to the ``i``-th bias module); a per-block
-    source into a shared model uses layer 0. Tables go into "2d"/"2d_cls" modules (class-token rows
-    dropped or kept as needed) and are resized with ``method`` when the window differs; Swin V2 MLPs go
-    into "cpb" modules (no resize needed: coordinates are recomputed). Head counts must agree.
+    source into a shared model uses layer 0. Tables go into modules with a learned 2D table
+    (class-token rows dropped or kept as needed) and are resized with ``method`` when the window
+    differs; Swin V2 MLPs go into modules with a ``cpb_mlp`` (no resize needed: coordinates are
+    recomputed). Other biases (1D, fixed) are skipped. Head counts must agree.
 
     Returns:
         One :class:`ImportAction` per bias module of the model ("mapped", "resized" or "skipped").
@@ -455,9 +493,9 @@ def import_into(
     model_shared = len(mods) == 1 and not mods[0][0].startswith("blocks.")
     actions: list[ImportAction] = []
     for i, (name, m) in enumerate(mods):
-        want = "cpb" if m.bias_type == "cpb" else "table"
-        pool_shared = [t for t in shared if (t.kind == "cpb") == (want == "cpb")]
-        pool_layer = [t for t in per_layer if (t.kind == "cpb") == (want == "cpb")]
+        want = "mlp" if hasattr(m, "cpb_mlp") else "table"
+        pool_shared = [t for t in shared if t.kind == want]
+        pool_layer = [t for t in per_layer if t.kind == want]
         info, how = None, ""
         if model_shared:
             if pool_shared:
@@ -470,9 +508,11 @@ def import_into(
             elif pool_shared:
                 info, how = pool_shared[0], "the checkpoint's shared bias, copied into every block"
         if info is None:
-            actions.append(ImportAction(name, None, "skipped", f"no {want} in the checkpoint for this module"))
+            actions.append(ImportAction(
+                name, None, "skipped", f"no {'Swin V2 MLP' if want == 'mlp' else 'table'} in the checkpoint for this module"
+            ))
             continue
-        if m.bias_type not in ("2d", "2d_cls", "cpb"):
+        if want == "table" and not (m.family.learned and m.window_size is not None):
             actions.append(ImportAction(name, info.key, "skipped", f"bias_type {m.bias_type!r} has no 2D table to load"))
             continue
         if info.num_heads != m.num_heads:
@@ -480,18 +520,18 @@ def import_into(
                 name, info.key, "skipped", f"heads differ: checkpoint {info.num_heads}, model {m.num_heads}"
             ))
             continue
-        if want == "cpb":
+        if want == "mlp":
             try:
                 m.cpb_mlp.load_state_dict({k: v for k, v in info.cpb_state.items()})
             except RuntimeError as exc:
                 actions.append(ImportAction(name, info.key, "skipped", f"cpb_mlp shapes differ: {exc}"))
                 continue
-            m._cache = None
+            m.invalidate_cache()
             actions.append(ImportAction(name, info.key, "mapped", "; ".join(x for x in (how, "cpb_mlp loaded") if x)))
             continue
         table, action, note = _fit_table(info, m, method)
         p = m.relative_position_bias_table
         p.copy_(table.to(dtype=p.dtype, device=p.device))
-        m._cache = None
+        m.invalidate_cache()
         actions.append(ImportAction(name, info.key, action, "; ".join(x for x in (how, note) if x)))
     return actions

@@ -9,8 +9,12 @@ allocation:
 
 - :func:`estimate_bias_memory`: a :class:`~relpos.relative_position.RelativePositionBias`: its
   table ``(T, H)``, index ``(N, N)``, the ``(H, N, N)`` bias it returns and the eval cache.
+- :func:`rotary_memory_parts`: a :class:`~relpos.rotary.RotaryPositionEmbedding` (its coordinates,
+  ``cos``/``sin``, learned frequencies); ``relpos.rotary.estimate_rotary_memory`` checks and wraps it.
 - :func:`estimate_model_memory`: a ``VisionTransformer``: parameters, biases, and for a batch the
   activations (all layers kept for backward when training, plus gradients and AdamW state).
+- :func:`estimate_config_memory`: the model of a resolved config and its step on ``train.batch_size``
+  (``relpos.experiments.budget`` adds the rest of a training run and checks it before one starts).
 - :func:`estimate_attention_maps_memory`: ``collect_attention_maps``: ``B x H x N x N`` weights per
   layer (:func:`estimate_attention_maps_for` reads the sizes off a model and its input).
 
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
+from relpos.families import BIAS_TYPES, DEFAULT_BIAS_TYPE, family, position_parts, resolve_bias_kwargs
 
 __all__ = [
     "BUDGET_ENV",
@@ -48,6 +53,7 @@ __all__ = [
     "format_bytes",
     "memory_budget",
     "memory_budget_bytes",
+    "rotary_memory_parts",
     "set_memory_budget",
 ]
 
@@ -57,7 +63,6 @@ DEFAULT_BUDGET_MB = 2048.0
 MB = 1024 * 1024
 FLOAT_BYTES = 4
 INDEX_BYTES = 8
-_BIAS_TYPES = ("1d", "2d", "2d_cls", "t5", "alibi", "cpb")  # as relpos.relative_position.BIAS_TYPES
 _BIG = 2**62  # argument ceiling: sizes are checked, not allocated, so only absurd values are refused
 
 _lock = threading.Lock()
@@ -185,38 +190,39 @@ def check_budget(estimate: MemoryEstimate | int, what: str | None = None) -> Mem
 
 
 def _tokens_and_rows(bias_type: str, window_size: Any, seq_len: Any, num_buckets: Any) -> tuple[int, int, str]:
-    """``(N, T, size text)`` of a bias family at a size."""
-    if bias_type in ("2d", "2d_cls", "cpb") or (bias_type == "alibi" and window_size is not None):
+    """``(N, T, size text)`` of a bias family at a size (the family's flags say which size it takes)."""
+    fam = family(bias_type)
+    if (window_size is not None) if fam.grid == "either" else fam.is_2d():
         if window_size is None:
             raise ValueError(f"window_size is required for bias_type={bias_type!r}")
         h, w = check_window_size("window_size", window_size, maximum=2**31)
-        n, t = h * w, (2 * h - 1) * (2 * w - 1)
-        if bias_type == "2d_cls":
-            n, t = n + 1, t + 3
+        n, t = h * w + int(fam.class_token), (2 * h - 1) * (2 * w - 1) + fam.extra_rows
         return n, t, f"window ({h}, {w})"
     if seq_len is None:
         raise ValueError(f"seq_len is required for bias_type={bias_type!r}")
     n = check_int("seq_len", seq_len, maximum=2**31)
-    t = check_int("num_buckets", 32 if num_buckets is None else num_buckets) if bias_type == "t5" else 2 * n - 1
-    return n, t, f"seq_len {n}"
+    if "num_buckets" in fam.options:  # a bucketed table: T does not grow with the length
+        return n, check_int("num_buckets", fam.options["num_buckets"] if num_buckets is None else num_buckets), f"seq_len {n}"
+    return n, 2 * n - 1, f"seq_len {n}"
 
 
 def estimate_bias_memory(
     num_heads: int,
     window_size: tuple[int, int] | int | None = None,
     seq_len: int | None = None,
-    bias_type: str = "2d",
+    bias_type: str = DEFAULT_BIAS_TYPE,
     *,
     num_buckets: int | None = None,
     cpb_hidden_dim: int | None = None,
 ) -> MemoryEstimate:
     """Memory of one ``RelativePositionBias`` (same arguments) and of the bias it returns.
 
-    Parts: the ``(T, H)`` table (plus the MLP and ``(T, 2)`` coordinates for "cpb"), the
-    ``(N, N)`` int64 index, the ``(H, N, N)`` bias a forward returns and its eval cache.
+    Parts: the ``(T, H)`` table (plus the MLP and ``(T, 2)`` coordinates for a family with a
+    ``cpb_hidden_dim``), the ``(N, N)`` int64 index, the ``(H, N, N)`` bias a forward returns and its
+    eval cache.
     """
     num_heads = check_int("num_heads", num_heads, maximum=_BIG)
-    bias_type = check_choice("bias_type", bias_type, _BIAS_TYPES)
+    bias_type = check_choice("bias_type", bias_type, BIAS_TYPES)
     n, t, size = _tokens_and_rows(bias_type, window_size, seq_len, num_buckets)
     parts = {
         "table (T x H)": t * num_heads * FLOAT_BYTES,
@@ -224,10 +230,35 @@ def estimate_bias_memory(
         "bias (H x N x N)": num_heads * n * n * FLOAT_BYTES,
         "bias cache (H x N x N)": num_heads * n * n * FLOAT_BYTES,
     }
-    if bias_type == "cpb":
-        hidden = check_int("cpb_hidden_dim", 512 if cpb_hidden_dim is None else cpb_hidden_dim, maximum=_BIG)
+    options = family(bias_type).options
+    if "cpb_hidden_dim" in options:  # an MLP computes the table
+        default = options["cpb_hidden_dim"]
+        hidden = check_int("cpb_hidden_dim", default if cpb_hidden_dim is None else cpb_hidden_dim, maximum=_BIG)
         parts["cpb MLP and coordinates"] = (3 * hidden + hidden * num_heads + 2 * t) * FLOAT_BYTES
     return MemoryEstimate(f"RelativePositionBias({bias_type}, {num_heads} heads, {size})", parts)
+
+
+def rotary_memory_parts(
+    learned: bool, head_dim: int, grid_tokens: int, num_heads: int = 1, num_prefix_tokens: int = 0
+) -> dict[str, int]:
+    """Bytes of one rotary position embedding by part (float32), from checked sizes.
+
+    The arithmetic behind ``relpos.rotary.estimate_rotary_memory`` (which checks the arguments) and the
+    ViT estimate: grid coordinates ``(n, 2)``; fixed modes: ``cos``/``sin`` buffers ``(2, N, D)``;
+    learned ("mixed"): ``freqs (2, H, D/2)``, phases ``(H, n, D/2)``, ``cos``/``sin`` ``(2, H, N, D)``
+    per forward and as much again for the eval cache. ``N = num_prefix_tokens + grid_tokens``.
+    """
+    n, d, h = grid_tokens, head_dim, num_heads
+    tokens, f, pairs = n + num_prefix_tokens, FLOAT_BYTES, head_dim // 2
+    parts = {"grid coordinates (n x 2)": 2 * n * f}
+    if learned:
+        parts["freqs (2 x H x D/2)"] = 2 * h * pairs * f
+        parts["phases (H x n x D/2)"] = h * n * pairs * f
+        parts["cos and sin (2 x H x N x D)"] = 2 * h * tokens * d * f
+        parts["eval cache (2 x H x N x D)"] = 2 * h * tokens * d * f
+    else:
+        parts["cos and sin (2 x N x D)"] = 2 * tokens * d * f
+    return parts
 
 
 def estimate_attention_maps_memory(
@@ -244,67 +275,85 @@ def estimate_attention_maps_memory(
     )
 
 
-def estimate_model_memory(
-    img_size: int | tuple[int, int] = 224,
-    patch_size: int = 16,
-    in_channels: int = 3,
-    num_classes: int = 1000,
-    embed_dim: int = 768,
-    depth: int = 12,
-    num_heads: int = 12,
-    mlp_ratio: float = 4.0,
-    use_relative_position: bool = False,
-    bias_type: str = "2d",
-    class_token: bool = False,
-    share_bias: bool = False,
-    position_embedding: str = "auto",
-    batch_size: int = 0,
-    training: bool = False,
-) -> MemoryEstimate:
-    """Memory of a ``VisionTransformer`` (same arguments), and of a forward on a batch.
+#: ``VisionTransformer`` sizes the model estimate needs (no defaults of its own: the caller passes the
+#: model's values, e.g. ``model_kwargs(cfg)``); the options it reads when given (absent = off / "auto");
+#: the arguments it accepts and ignores.
+_MODEL_SIZES = ("img_size", "patch_size", "in_channels", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio")
+_MODEL_OPTIONS = {
+    "use_relative_position": False, "rpb_kwargs": None, "position_embedding": "auto", "class_token": False,
+    "share_bias": False, "rope_kwargs": None,
+}
+_MODEL_IGNORED = ("dropout", "attn_impl")
+
+
+def estimate_model_memory(*, batch_size: int = 0, training: bool = False, **vit_kwargs: Any) -> MemoryEstimate:
+    """Memory of a ``VisionTransformer`` built with ``vit_kwargs``, and of a forward on a batch.
 
     Args:
         batch_size: images per forward; 0 estimates the model alone.
         training: count gradients, AdamW state (two moments) and the activations of every layer
             (kept for backward); else the activations of one layer at a time.
+        **vit_kwargs: the model's keyword arguments: the sizes are required (``img_size``,
+            ``patch_size``, ``in_channels``, ``num_classes``, ``embed_dim``, ``depth``, ``num_heads``,
+            ``mlp_ratio``); ``use_relative_position``, ``rpb_kwargs``, ``position_embedding``
+            (a rotary one adds one rotary embedding per block), ``class_token`` and ``share_bias``
+            are read when given (absent: off, ``"auto"``); ``rope_kwargs`` (theta, indexing: no
+            effect on memory), ``dropout`` and ``attn_impl`` are accepted and ignored.
+
+    Raises:
+        TypeError: a missing or unknown keyword, or a value of the wrong type.
+        ValueError: a value out of range (the message names it).
     """
-    gh, gw = check_window_size("img_size", img_size, maximum=_BIG)
-    p = check_int("patch_size", patch_size, maximum=_BIG)
-    c_in = check_int("in_channels", in_channels, maximum=_BIG)
-    classes = check_int("num_classes", num_classes, maximum=_BIG)
-    d = check_int("embed_dim", embed_dim, maximum=_BIG)
-    depth = check_int("depth", depth, maximum=_BIG)
-    heads = check_int("num_heads", num_heads, maximum=_BIG)
-    ratio = check_float("mlp_ratio", mlp_ratio, minimum=0.0, min_inclusive=False, maximum=float(_BIG))
-    rp = check_bool("use_relative_position", use_relative_position)
-    cls = check_bool("class_token", class_token)
-    share = check_bool("share_bias", share_bias)
-    pos = check_choice("position_embedding", position_embedding, ("auto", "absolute", "none"))
+    missing = [k for k in _MODEL_SIZES if k not in vit_kwargs]
+    unknown = sorted(k for k in vit_kwargs if k not in (*_MODEL_SIZES, *_MODEL_OPTIONS, *_MODEL_IGNORED))
+    if missing or unknown:
+        raise TypeError(
+            f"estimate_model_memory needs the VisionTransformer sizes {', '.join(_MODEL_SIZES)} and takes the "
+            f"options {', '.join(_MODEL_OPTIONS)}" + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+        )
+    kw = {**_MODEL_OPTIONS, **vit_kwargs}
+    gh, gw = check_window_size("img_size", kw["img_size"], maximum=_BIG)
+    p = check_int("patch_size", kw["patch_size"], maximum=_BIG)
+    c_in = check_int("in_channels", kw["in_channels"], maximum=_BIG)
+    classes = check_int("num_classes", kw["num_classes"], maximum=_BIG)
+    d = check_int("embed_dim", kw["embed_dim"], maximum=_BIG)
+    depth = check_int("depth", kw["depth"], maximum=_BIG)
+    heads = check_int("num_heads", kw["num_heads"], maximum=_BIG)
+    ratio = check_float("mlp_ratio", kw["mlp_ratio"], minimum=0.0, min_inclusive=False)
+    rp = check_bool("use_relative_position", kw["use_relative_position"])
+    cls = check_bool("class_token", kw["class_token"])
+    share = check_bool("share_bias", kw["share_bias"])
+    rotary, absolute = position_parts(kw["position_embedding"], rp)  # rope_kwargs: no effect on memory
     b = check_int("batch_size", batch_size, minimum=0, maximum=_BIG)
     training = check_bool("training", training)
-    grid = (gh // p, gw // p)
-    patches = max(1, grid[0] * grid[1])
+    grid = (max(1, gh // p), max(1, gw // p))
+    patches = grid[0] * grid[1]
     n = patches + int(cls)
-    hidden = int(d * ratio)
-    absolute = pos == "absolute" or (pos == "auto" and not rp)
+    hidden = max(1, int(min(d * ratio, float(_BIG))))  # as the model's Mlp; any finite ratio is estimated
     params = (c_in * p * p * d + d) + (d if cls else 0) + (patches * d if absolute else 0)
     params += depth * (4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * hidden + hidden + d)
     params += 2 * d + d * classes + classes
     parts = {"parameters": params * FLOAT_BYTES}
     if rp:
-        bias_kind = bias_type if bias_type in _BIAS_TYPES else "2d"
-        one = (
-            estimate_bias_memory(heads, grid, None, bias_kind)
-            if bias_kind in ("2d", "2d_cls", "cpb", "alibi") and min(grid) >= 1
-            else estimate_bias_memory(heads, None, n, bias_kind)
+        rpb = resolve_bias_kwargs(kw["rpb_kwargs"], num_heads=heads, grid=grid, class_token=cls)
+        one = estimate_bias_memory(
+            heads, rpb.get("window_size"), rpb.get("seq_len"), rpb["bias_type"],
+            num_buckets=rpb.get("num_buckets"), cpb_hidden_dim=rpb.get("cpb_hidden_dim"),
         )
         parts["relative position biases"] = (1 if share else depth) * one.total
+    if rotary is not None:  # one RotaryPositionEmbedding per block (relpos.rotary.estimate_rotary_memory)
+        one_rope = rotary_memory_parts(rotary == "mixed", max(1, d // heads), patches, heads, int(cls))
+        parts["rotary embeddings"] = depth * sum(one_rope.values())
     if training:
         parts["gradients"] = params * FLOAT_BYTES
         parts["optimizer state (AdamW)"] = 2 * params * FLOAT_BYTES
     if b:
-        layer = b * n * (10 * d + 2 * hidden) + 2 * b * heads * n * n  # tokens + attention logits/weights
-        parts["activations"] = (depth if training else 1) * layer * FLOAT_BYTES
+        layers = depth if training else 1  # training keeps every layer's activations for backward
+        parts["activations"] = layers * b * n * (10 * d + 2 * hidden) * FLOAT_BYTES  # qkv, proj, norms, MLP
+        parts["attention logits and weights (L x B x H x N x N)"] = layers * 2 * b * heads * n * n * FLOAT_BYTES
+        if rotary is not None:  # the rotated q and k and the turned copies autograd keeps
+            parts["rotated queries and keys"] = layers * 4 * b * n * d * FLOAT_BYTES
         parts["input images"] = b * c_in * gh * gw * FLOAT_BYTES
     return MemoryEstimate(
         f"VisionTransformer(embed_dim {d}, depth {depth}, {heads} heads, {n} tokens"
@@ -315,16 +364,23 @@ def estimate_model_memory(
 
 
 def estimate_config_memory(cfg: Mapping[str, Any], training: bool = True) -> MemoryEstimate:
-    """:func:`estimate_model_memory` for a *resolved* config (``train.batch_size`` as the batch)."""
+    """:func:`estimate_model_memory` for a *resolved* config (``train.batch_size`` as the batch).
+
+    The config's ``model`` section is read as ``relpos.experiments.config.model_kwargs`` reads it
+    (``model.bias_type``, ``model.init_std`` and ``model.rpb`` make the ``rpb_kwargs``). What a
+    training run holds beyond the model and its step (the data, the loaders, the per-epoch
+    diagnostics) is added by ``relpos.experiments.budget.training_memory``.
+    """
     if not isinstance(cfg, Mapping):
         raise TypeError(f"cfg must be a config mapping, got {type(cfg).__name__}")
     try:
         d, m, t = cfg["data"], cfg["model"], cfg["train"]
+        rpb = {**m.get("rpb", {}), "bias_type": m["bias_type"]} if m["use_relative_position"] else None
         kwargs = dict(
             img_size=d["img_size"], patch_size=d["patch_size"], in_channels=d["in_channels"] or 3,
             num_classes=d["num_classes"] or 10, embed_dim=m["embed_dim"], depth=m["depth"],
             num_heads=m["num_heads"], mlp_ratio=m["mlp_ratio"],
-            use_relative_position=m["use_relative_position"], bias_type=m["bias_type"],
+            use_relative_position=m["use_relative_position"], rpb_kwargs=rpb,
             class_token=m.get("class_token", False), share_bias=m.get("share_bias", False),
             position_embedding=m.get("position_embedding", "auto"), batch_size=t["batch_size"],
         )
@@ -336,7 +392,7 @@ def estimate_config_memory(cfg: Mapping[str, Any], training: bool = True) -> Mem
 def check_bias_budget(
     num_heads: int,
     size: tuple[int, int] | int,
-    bias_type: str = "2d",
+    bias_type: str = DEFAULT_BIAS_TYPE,
     *,
     num_buckets: int | None = None,
     cpb_hidden_dim: int | None = None,
@@ -348,9 +404,9 @@ def check_bias_budget(
     )
 
 
-def check_model_budget(**kwargs: Any) -> MemoryEstimate:
+def check_model_budget(**vit_kwargs: Any) -> MemoryEstimate:
     """:func:`check_budget` of :func:`estimate_model_memory` (same keyword arguments)."""
-    return check_budget(estimate_model_memory(**kwargs))
+    return check_budget(estimate_model_memory(**vit_kwargs))
 
 
 _ESTIMATORS = {

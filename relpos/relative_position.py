@@ -14,7 +14,7 @@ bias_type  table ``(T, H)``                              index ``(N, N)``
 "2d_cls"   learned parameter, ``T = (2h-1)(2w-1) + 3``   BEiT's index with a class token (token 0)
 "t5"       learned parameter, ``T = num_buckets``        T5 bucket of ``j - i`` (key - query)
 "alibi"    fixed buffer ``-slope_h * distance(offset)``  the 1D or 2D index
-"cpb"      ``16 * sigmoid(cpb_mlp(log coords))``         Swin's 2D index
+"cpb"      ``16 * sigmoid(cpb_mlp(log/lin coords))``    Swin's 2D index
 =========  ===========================================  ==========================================
 
 Conventions (so Swin, timm and BEiT tables drop in unchanged):
@@ -24,6 +24,11 @@ Conventions (so Swin, timm and BEiT tables drop in unchanged):
   ``index[i, j] = (y_i - y_j + h - 1) * (2w - 1) + (x_i - x_j + w - 1)``  (T = (2h-1)(2w-1))
 * ``relative_position_bias_table``: ``(T, H)`` parameter, truncated-normal init with ``init_std``.
 * ``relative_position_index``: non-persistent ``(N, N)`` buffer (derived, so never in checkpoints).
+
+What each family *is* (grid, learned, resizable, class-token rows, options) is
+:data:`relpos.families.FAMILIES`; the offsets and the index formula are :mod:`relpos.geometry`'s. This
+file (about 500 lines, over the house 400) is the seed module: the public index functions and the one
+:class:`RelativePositionBias` class that implements every family, kept together as one concept.
 """
 
 from __future__ import annotations
@@ -34,7 +39,28 @@ import torch
 from torch import nn
 
 from relpos._validation import check_choice, check_float, check_int, check_window_size
+from relpos.families import (
+    ALIBI_DISTANCES,
+    BIAS_TYPES,
+    DEFAULT_BIAS_TYPE,
+    FAMILIES,
+    FAMILY_OPTIONS,
+    RPB_KWARGS,
+    BiasFamily,
+    check_rpb_kwargs,
+    family_options,
+    is_2d_family,
+)
+from relpos.geometry import (
+    add_class_token,
+    num_table_rows,
+    relative_position_index,
+    t5_bucket,
+    table_distances,
+    table_offsets,
+)
 from relpos.guards import check_bias_budget, check_budget
+from relpos.resize import RESIZE_METHODS, resize_relative_position_bias_table
 
 __all__ = [
     "ALIBI_DISTANCES",
@@ -48,77 +74,10 @@ __all__ = [
     "get_relative_position_index_2d",
     "get_relative_position_index_2d_cls",
     "is_2d_family",
+    "swinv2_linear_coords",
     "swinv2_log_coords",
     "t5_relative_position_bucket",
 ]
-
-#: The bias families ``RelativePositionBias`` accepts as ``bias_type`` (the one registry of names).
-BIAS_TYPES: tuple[str, ...] = ("1d", "2d", "2d_cls", "t5", "alibi", "cpb")
-
-#: Family-specific keyword arguments; giving one to another family is a ``ValueError``.
-FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {
-    "1d": (),
-    "2d": (),
-    "2d_cls": (),
-    "t5": ("num_buckets", "max_distance"),
-    "alibi": ("alibi_distance",),
-    "cpb": ("cpb_hidden_dim", "pretrained_window_size"),
-}
-
-_OPTION_NAMES: tuple[str, ...] = tuple(sorted({o for opts in FAMILY_OPTIONS.values() for o in opts}))
-
-#: Every keyword ``RelativePositionBias`` accepts (what ``rpb_kwargs`` may hold).
-RPB_KWARGS: tuple[str, ...] = ("num_heads", "window_size", "seq_len", "bias_type", "init_std", *_OPTION_NAMES)
-
-#: Values of ``alibi_distance`` (only differ in 2D).
-ALIBI_DISTANCES: tuple[str, ...] = ("euclidean", "manhattan")
-
-#: Families whose tokens live on a 2D grid (``window_size``); "1d" and "t5" use ``seq_len``;
-#: "alibi" is 2D when given a ``window_size`` and 1D when given only ``seq_len``.
-_2D_FAMILIES: tuple[str, ...] = ("2d", "2d_cls", "cpb")
-_LEARNED_FAMILIES: tuple[str, ...] = ("1d", "2d", "2d_cls", "t5")
-
-
-def is_2d_family(bias_type: str, rpb_kwargs: dict | None = None) -> bool:
-    """Whether ``bias_type`` (with these kwargs) biases a 2D grid (``window_size``) or a 1D sequence."""
-    check_choice("bias_type", bias_type, BIAS_TYPES)
-    if bias_type == "alibi":
-        kw = rpb_kwargs or {}
-        return kw.get("window_size") is not None or kw.get("seq_len") is None
-    return bias_type in _2D_FAMILIES
-
-
-def check_rpb_kwargs(rpb_kwargs: dict) -> dict:
-    """Check the names in ``rpb_kwargs`` before building a bias from them.
-
-    Raises:
-        TypeError: ``rpb_kwargs`` is not a dict.
-        ValueError: a key is not a :class:`RelativePositionBias` argument, or a family option is given
-            to a family that does not take it; the message names the keys and what is allowed.
-    """
-    if not isinstance(rpb_kwargs, dict):
-        raise TypeError(f"rpb_kwargs must be a dict, got {type(rpb_kwargs).__name__}")
-    unknown = sorted(k for k in rpb_kwargs if k not in RPB_KWARGS)
-    if unknown:
-        raise ValueError(
-            f"rpb_kwargs has unknown keys {unknown}; allowed: {', '.join(RPB_KWARGS)}"
-        )
-    bias_type = check_choice("rpb_kwargs['bias_type']", rpb_kwargs.get("bias_type", "2d"), BIAS_TYPES)
-    _check_family_options(bias_type, {k: v for k, v in rpb_kwargs.items() if v is not None})
-    return rpb_kwargs
-
-
-def _check_family_options(bias_type: str, given: dict) -> None:
-    foreign = sorted(
-        k for k in given if k in _OPTION_NAMES and k not in FAMILY_OPTIONS[bias_type]
-    )
-    if foreign:
-        allowed = FAMILY_OPTIONS[bias_type]
-        raise ValueError(
-            f"options {foreign} do not apply to bias_type={bias_type!r}; it takes "
-            + (f"{', '.join(allowed)}" if allowed else "no family options")
-        )
-
 
 def get_relative_position_index_1d(seq_len: int) -> torch.Tensor:
     """Relative position index of a 1D sequence.
@@ -131,8 +90,7 @@ def get_relative_position_index_1d(seq_len: int) -> torch.Tensor:
     """
     seq_len = check_int("seq_len", seq_len)
     check_budget(seq_len * seq_len * 8, f"the relative position index (seq_len {seq_len})")
-    pos = torch.arange(seq_len)
-    return pos[:, None] - pos[None, :] + (seq_len - 1)  # (L, L)
+    return relative_position_index(seq_len)  # (L, L)
 
 
 def get_relative_position_index_2d(window_size: tuple[int, int]) -> torch.Tensor:
@@ -147,10 +105,7 @@ def get_relative_position_index_2d(window_size: tuple[int, int]) -> torch.Tensor
     """
     h, w = check_window_size("window_size", window_size)
     check_budget((h * w) ** 2 * 8 * 3, f"the relative position index (window ({h}, {w}))")  # rel is (2, N, N)
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, N), row-major tokens
-    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N): (dy, dx) = query - key
-    return (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)  # (N, N)
+    return relative_position_index((h, w))  # (N, N)
 
 
 def get_relative_position_index_2d_cls(window_size: tuple[int, int]) -> torch.Tensor:
@@ -164,14 +119,7 @@ def get_relative_position_index_2d_cls(window_size: tuple[int, int]) -> torch.Te
         ``(h*w + 1, h*w + 1)`` int64 tensor with values in ``[0, T - 1]``.
     """
     h, w = check_window_size("window_size", window_size)
-    t = (2 * h - 1) * (2 * w - 1) + 3
-    n = h * w
-    index = torch.zeros(n + 1, n + 1, dtype=torch.long)  # (N+1, N+1)
-    index[1:, 1:] = get_relative_position_index_2d((h, w))
-    index[0, 1:] = t - 3
-    index[1:, 0] = t - 2
-    index[0, 0] = t - 1
-    return index
+    return add_class_token(get_relative_position_index_2d((h, w)), num_table_rows((h, w)))  # (N+1, N+1)
 
 
 def t5_relative_position_bucket(
@@ -192,21 +140,7 @@ def t5_relative_position_bucket(
     Returns:
         int64 tensor of the same shape with values in ``[0, num_buckets - 1]``.
     """
-    num_buckets = check_int("num_buckets", num_buckets, minimum=4)
-    max_exact = num_buckets // 4  # exact buckets per direction
-    max_distance = check_int("max_distance", max_distance, minimum=max_exact + 1)
-    half = num_buckets // 2
-    rel = relative_position.long()
-    buckets = (rel > 0).long() * half
-    n = rel.abs()
-    is_small = n < max_exact
-    # log-spaced buckets for max_exact <= n; clamp n >= max_exact so log never sees 0.
-    n_large = n.clamp(min=max_exact).float()
-    large = max_exact + (
-        torch.log(n_large / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
-    ).long()
-    large = large.clamp(max=half - 1)
-    return buckets + torch.where(is_small, n, large)
+    return t5_bucket(relative_position, num_buckets, max_distance)  # the arithmetic: relpos.geometry
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -221,17 +155,6 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     first = [2.0 ** (-8.0 * (i + 1) / m) for i in range(m)]
     rest = [2.0 ** (-4.0 * (2 * k + 1) / m) for k in range(num_heads - m)]
     return torch.tensor(first + rest, dtype=torch.float64)
-
-
-def _table_offsets_2d(window_size: tuple[int, int]) -> torch.Tensor:
-    """``(T, 2)`` float64 offsets ``(dy, dx)`` of the rows of a 2D table, row-major."""
-    h, w = window_size
-    dy, dx = torch.meshgrid(
-        torch.arange(-(h - 1), h, dtype=torch.float64),
-        torch.arange(-(w - 1), w, dtype=torch.float64),
-        indexing="ij",
-    )  # each (2h-1, 2w-1)
-    return torch.stack([dy.flatten(), dx.flatten()], dim=1)  # (T, 2)
 
 
 def swinv2_log_coords(
@@ -250,9 +173,30 @@ def swinv2_log_coords(
     ph, pw = (h, w)
     if pretrained_window_size is not None:
         ph, pw = check_window_size("pretrained_window_size", pretrained_window_size)
-    coords = _table_offsets_2d((h, w)).view(2 * h - 1, 2 * w - 1, 2)  # (2h-1, 2w-1, 2)
+    coords = table_offsets((h, w)).double().view(2 * h - 1, 2 * w - 1, 2)  # (2h-1, 2w-1, 2)
     coords = coords / torch.tensor([max(ph - 1, 1), max(pw - 1, 1)], dtype=torch.float64) * 8
     coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)
+    return coords.float()
+
+
+def swinv2_linear_coords(
+    window_size: tuple[int, int], pretrained_window_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """The linear-spaced coordinates Swin V2 compares its log-spaced ones with (its Table 1).
+
+    ``(dy, dx)`` divided by ``(h-1, w-1)`` (or by the pretrained window's ``(h'-1, w'-1)``; a side of 1
+    divides by 1), nothing more: ``[-1, 1]`` at the pretrained window, as :func:`swinv2_log_coords`,
+    but a window three times larger reaches ``±3`` where the log-spaced ones reach about ``±1.5``.
+
+    Returns:
+        ``(2h-1, 2w-1, 2)`` float32 tensor (last axis ``(dy, dx)``).
+    """
+    h, w = check_window_size("window_size", window_size)
+    ph, pw = (h, w)
+    if pretrained_window_size is not None:
+        ph, pw = check_window_size("pretrained_window_size", pretrained_window_size)
+    coords = table_offsets((h, w)).double().view(2 * h - 1, 2 * w - 1, 2)  # (2h-1, 2w-1, 2)
+    coords = coords / torch.tensor([max(ph - 1, 1), max(pw - 1, 1)], dtype=torch.float64)
     return coords.float()
 
 
@@ -271,6 +215,8 @@ class RelativePositionBias(nn.Module):
         alibi_distance: "alibi" only: ``"euclidean"`` (default) or ``"manhattan"`` distance in 2D.
         cpb_hidden_dim: "cpb" only: hidden width of ``cpb_mlp`` (default 512, as Swin V2).
         pretrained_window_size: "cpb" only: normalize the log coordinates by this window instead.
+        cpb_coords: "cpb" only: ``"log"`` (default, :func:`swinv2_log_coords`) or ``"linear"``
+            (:func:`swinv2_linear_coords`) coordinates for the MLP.
 
     Attributes: ``num_heads``, ``bias_type``, ``window_size`` (or ``None`` in 1D), ``seq_len`` (the
     number of tokens ``N`` covered, class token included), ``num_relative_positions`` (``T``),
@@ -278,7 +224,8 @@ class RelativePositionBias(nn.Module):
     ``relative_position_bias_table`` (``(T, H)``: ``nn.Parameter`` for "1d", "2d", "2d_cls", "t5";
     a non-persistent buffer for "alibi"); for "cpb" ``cpb_mlp`` (``Linear(2, 512) -> ReLU ->
     Linear(512, H, bias=False)``) and ``relative_coords_table`` (non-persistent ``(2h-1, 2w-1, 2)``).
-    :meth:`effective_table` returns the ``(T, H)`` table of any family.
+    :meth:`effective_table` returns the ``(T, H)`` table of any family; ``family`` is the
+    :class:`~relpos.families.BiasFamily` whose flags (learned, resizable, class token) the branches read.
 
     ``forward()`` returns the ``(H, N, N)`` bias to add to the scaled attention logits.
     In training it is gathered anew on every call (so gradients reach the table); in eval mode
@@ -295,7 +242,7 @@ class RelativePositionBias(nn.Module):
         num_heads: int,
         window_size: tuple[int, int] | None = None,
         seq_len: int | None = None,
-        bias_type: str = "2d",
+        bias_type: str = DEFAULT_BIAS_TYPE,
         init_std: float = 0.02,
         *,
         num_buckets: int | None = None,
@@ -303,6 +250,7 @@ class RelativePositionBias(nn.Module):
         alibi_distance: str | None = None,
         cpb_hidden_dim: int | None = None,
         pretrained_window_size: tuple[int, int] | None = None,
+        cpb_coords: str | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = check_int("num_heads", num_heads)
@@ -314,32 +262,18 @@ class RelativePositionBias(nn.Module):
             "alibi_distance": alibi_distance,
             "cpb_hidden_dim": cpb_hidden_dim,
             "pretrained_window_size": pretrained_window_size,
+            "cpb_coords": cpb_coords,
         }
-        _check_family_options(bias_type, {k: v for k, v in options.items() if v is not None})
-        if bias_type == "t5":
-            self.num_buckets = check_int("num_buckets", 32 if num_buckets is None else num_buckets, minimum=4)
-            self.max_distance = check_int(
-                "max_distance",
-                128 if max_distance is None else max_distance,
-                minimum=self.num_buckets // 4 + 1,
-            )
-        if bias_type == "alibi":
-            self.alibi_distance = check_choice(
-                "alibi_distance", "euclidean" if alibi_distance is None else alibi_distance, ALIBI_DISTANCES
-            )
-        if bias_type == "cpb":
-            self.cpb_hidden_dim = check_int("cpb_hidden_dim", 512 if cpb_hidden_dim is None else cpb_hidden_dim)
-            self.pretrained_window_size = (
-                None
-                if pretrained_window_size is None
-                else check_window_size("pretrained_window_size", pretrained_window_size)
-            )
+        # The family's options with their defaults, checked, as attributes (e.g. ``self.num_buckets``).
+        for name, value in family_options(bias_type, options).items():
+            setattr(self, name, value)
 
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        # (cache key, (H, N, N) bias, snapshot of the table sources)
+        self._cache: tuple[tuple, torch.Tensor, list[torch.Tensor]] | None = None
         size = self._check_size(window_size, seq_len)
         check_bias_budget(self.num_heads, size, bias_type, num_buckets=num_buckets, cpb_hidden_dim=cpb_hidden_dim)
         self._build(size)
-        if bias_type in _LEARNED_FAMILIES:
+        if self.family.learned:
             self.relative_position_bias_table = nn.Parameter(
                 torch.empty(self.num_relative_positions, self.num_heads)
             )  # (T, H)
@@ -351,10 +285,16 @@ class RelativePositionBias(nn.Module):
             )
         self.reset_parameters()
 
+    @property
+    def family(self) -> BiasFamily:
+        """What this bias's family is (:data:`relpos.families.FAMILIES` entry)."""
+        return FAMILIES[self.bias_type]
+
     # ---- geometry: one place that says which index and which fixed tensors each family uses
     def _check_size(self, window_size, seq_len):
-        bt = self.bias_type
-        if bt in _2D_FAMILIES or (bt == "alibi" and window_size is not None):
+        bt, fam = self.bias_type, self.family
+        either = fam.grid == "either"  # 2D with a window_size, else 1D
+        if (window_size is not None) if either else fam.is_2d():
             if window_size is None:
                 raise ValueError(
                     f"window_size is required for bias_type={bt!r}: pass (height, width), e.g. (7, 7)"
@@ -363,25 +303,23 @@ class RelativePositionBias(nn.Module):
         if seq_len is None:
             raise ValueError(
                 f"seq_len is required for bias_type={bt!r}"
-                + (" (or window_size for a 2D ALiBi)" if bt == "alibi" else "")
+                + (f" (or window_size for a 2D {fam.label})" if either else "")
                 + ": pass a positive int, e.g. 16"
             )
         return check_int("seq_len", seq_len)
 
     def _build(self, size) -> None:
         """(Re)build the index and the fixed tensors for a window ``(h, w)`` or a length ``L``."""
-        bt = self.bias_type
+        bt, fam = self.bias_type, self.family
         if isinstance(size, tuple):
             h, w = size
             self.window_size: tuple[int, int] | None = size
-            index = get_relative_position_index_2d_cls(size) if bt == "2d_cls" else get_relative_position_index_2d(size)
-            self.num_relative_positions = (2 * h - 1) * (2 * w - 1) + (3 if bt == "2d_cls" else 0)
-            offsets = _table_offsets_2d(size)  # (T, 2)
+            index = get_relative_position_index_2d_cls(size) if fam.class_token else get_relative_position_index_2d(size)
+            self.num_relative_positions = (2 * h - 1) * (2 * w - 1) + fam.extra_rows
         else:
             self.window_size = None
             index = get_relative_position_index_1d(size)  # (L, L)
             self.num_relative_positions = 2 * size - 1
-            offsets = torch.arange(-(size - 1), size, dtype=torch.float64)[:, None]  # (T, 1)
             if bt == "t5":
                 pos = torch.arange(size)
                 rel = pos[None, :] - pos[:, None]  # (L, L): key - query
@@ -391,16 +329,14 @@ class RelativePositionBias(nn.Module):
         device, dtype = self._device(), self._float_dtype()
         self.register_buffer("relative_position_index", index.to(device), persistent=False)  # (N, N)
         if bt == "alibi":
-            if self.alibi_distance == "manhattan":
-                dist = offsets.abs().sum(dim=1)  # (T,)
-            else:
-                dist = offsets.pow(2).sum(dim=1).sqrt()  # (T,)
+            dist = table_distances(size, self.alibi_distance)  # (T,) float64, per table row
             table = -dist[:, None] * alibi_slopes(self.num_heads)[None, :]  # (T, H)
             self.register_buffer(
                 "relative_position_bias_table", table.to(device=device, dtype=dtype), persistent=False
             )
         if bt == "cpb":
-            coords = swinv2_log_coords(size, self.pretrained_window_size)  # (2h-1, 2w-1, 2)
+            make = swinv2_log_coords if self.cpb_coords == "log" else swinv2_linear_coords
+            coords = make(size, self.pretrained_window_size)  # (2h-1, 2w-1, 2)
             self.register_buffer("relative_coords_table", coords.to(device=device, dtype=dtype), persistent=False)
         self._cache = None
 
@@ -423,16 +359,16 @@ class RelativePositionBias(nn.Module):
 
     @property
     def has_class_token(self) -> bool:
-        """Whether token 0 is a class token (bias_type "2d_cls")."""
-        return self.bias_type == "2d_cls"
+        """Whether token 0 is a class token (a family with ``class_token``, BEiT's)."""
+        return self.family.class_token
 
     @property
     def is_learned_table(self) -> bool:
         """Whether ``relative_position_bias_table`` is an ``nn.Parameter`` (learned families)."""
-        return self.bias_type in _LEARNED_FAMILIES
+        return self.family.learned
 
     def reset_parameters(self) -> None:
-        if self.bias_type in _LEARNED_FAMILIES:
+        if self.family.learned:
             std = self.init_std
             if std == 0:
                 nn.init.zeros_(self.relative_position_bias_table)
@@ -480,8 +416,6 @@ class RelativePositionBias(nn.Module):
             new_window: ``(h, w)`` for 2D families, the new ``seq_len`` (an int) for 1D ones.
             method: ``"bicubic"`` or ``"geometric"``.
         """
-        from relpos.resize import RESIZE_METHODS, resize_relative_position_bias_table
-
         check_choice("method", method, RESIZE_METHODS)
         if self.window_size is not None:
             new = check_window_size("new_window", new_window)
@@ -498,7 +432,7 @@ class RelativePositionBias(nn.Module):
             return
         check_bias_budget(self.num_heads, new, self.bias_type, num_buckets=getattr(self, "num_buckets", None),
                           cpb_hidden_dim=getattr(self, "cpb_hidden_dim", None))
-        if self.bias_type in ("1d", "2d", "2d_cls"):
+        if self.family.resizable:
             old_w = old if isinstance(old, tuple) else (1, old)
             new_w = new if isinstance(new, tuple) else (1, new)
             table = resize_relative_position_bias_table(
@@ -551,8 +485,17 @@ class RelativePositionBias(nn.Module):
             or not all(torch.equal(a, b) for a, b in zip(cache[2], sources))
         ):
             snapshot = [t.detach().clone() for t in sources]
-            self._cache = (key, self._gather(), snapshot)
-        return self._cache[1]
+            cache = (key, self._gather(), snapshot)
+            self._cache = cache  # one assignment: a thread sharing this module sees old or new
+        return cache[1]
+
+    def invalidate_cache(self) -> None:
+        """Drop the eval-mode bias cache (call after writing the table sources behind its back).
+
+        The cache already notices optimizer steps, ``load_state_dict``, ``.to()`` and writes through
+        ``.data``; this is for code that replaces the table sources in a way it cannot see.
+        """
+        self._cache = None
 
     def extra_repr(self) -> str:
         size = f"window_size={self.window_size}" if self.window_size is not None else f"seq_len={self.seq_len}"

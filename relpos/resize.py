@@ -3,6 +3,9 @@
 Shape legend: ``H`` heads, ``(h, w)`` window, ``S = (2h-1, 2w-1)`` the table as a grid of offsets,
 ``T = S[0] * S[1] (+ 3)`` table rows (the 3 class-token rows of BEiT are kept as they are, last).
 
+Pure table math (torch, numpy, scipy): the resize lab that measures resized checkpoints is
+:mod:`relpos.experiments.resize_lab`.
+
 * ``"bicubic"``: the table as an ``(H, 2h-1, 2w-1)`` image, ``F.interpolate(mode="bicubic",
   align_corners=False)``, as timm's ``resize_rel_pos_bias_table`` and Swin's checkpoint loading.
 * ``"geometric"``: BEiT's fine-tuning resize (unilm ``beit/run_class_finetuning.py``): the source
@@ -20,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from relpos._validation import check_choice, check_window_size
+from relpos.families import NUM_CLS_ROWS
 
 __all__ = ["RESIZE_METHODS", "geometric_offsets", "resize_relative_position_bias_table"]
 
 #: Values of ``method``.
 RESIZE_METHODS: tuple[str, ...] = ("bicubic", "geometric")
-
-_NUM_CLS_ROWS = 3  # BEiT: cls->token, token->cls, cls->cls
 
 
 def geometric_offsets(src: int, dst: int) -> list[float]:
@@ -121,10 +123,10 @@ def resize_relative_position_bias_table(
     src = (2 * oh - 1, 2 * ow - 1)
     dst = (2 * nh - 1, 2 * nw - 1)
     extra = table.shape[0] - src[0] * src[1]
-    if extra not in (0, _NUM_CLS_ROWS):
+    if extra not in (0, NUM_CLS_ROWS):
         raise ValueError(
             f"table has {table.shape[0]} rows but old_window {(oh, ow)} needs {src[0] * src[1]} "
-            f"(or {src[0] * src[1] + _NUM_CLS_ROWS} with BEiT's class-token rows)"
+            f"(or {src[0] * src[1] + NUM_CLS_ROWS} with BEiT's class-token rows)"
         )
     if src == dst:
         return table.clone()
@@ -140,126 +142,3 @@ def resize_relative_position_bias_table(
     out = out.reshape(num_heads, dst[0] * dst[1]).t()  # (Dh*Dw, H)
     out = out.to(dtype=table.dtype, device=table.device)
     return torch.cat([out, cls_rows], dim=0)  # (T', H)
-
-
-# ---------------------------------------------------------------- the resize lab (app page 6)
-#: Offsets the lab reports: ``(dy, dx)`` along each axis (1D biases use ``dx`` only).
-LAB_OFFSETS: tuple[tuple[int, int], ...] = ((0, -2), (0, -1), (0, 1), (0, 2), (-2, 0), (-1, 0), (1, 0), (2, 0))
-
-
-def bias_at_offsets(rpb, offsets=LAB_OFFSETS) -> dict[tuple[int, int], list[float]]:
-    """Per-head bias ``b(Δ)`` of a :class:`~relpos.relative_position.RelativePositionBias` at offsets ``Δ``.
-
-    Read from the ``(H, N, N)`` bias itself (any family): ``Δ = pos(query) - pos(key)``, with
-    ``(dy, dx)`` in 2D and ``dx`` (``dy`` must be 0) in 1D. Offsets outside the window are left out.
-    The class token of "2d_cls" is skipped.
-    """
-    with torch.no_grad():
-        bias = rpb().detach().float().cpu()  # (H, N, N)
-    if rpb.has_class_token:
-        bias = bias[:, 1:, 1:]  # (H, hw, hw)
-    out: dict[tuple[int, int], list[float]] = {}
-    for dy, dx in offsets:
-        if rpb.window_size is not None:
-            h, w = rpb.window_size
-            if abs(dy) >= h or abs(dx) >= w:
-                continue
-            yq, xq = max(dy, 0), max(dx, 0)
-            i, j = yq * w + xq, (yq - dy) * w + (xq - dx)
-        else:
-            if dy != 0 or abs(dx) >= rpb.seq_len:
-                continue
-            i, j = max(dx, 0), max(dx, 0) - dx
-        out[(dy, dx)] = bias[:, i, j].tolist()
-    return out
-
-
-@torch.no_grad()
-def _accuracy(model, dataset, max_samples: int, batch_size: int = 256) -> float:
-    from torch.utils.data import DataLoader, Subset
-
-    if len(dataset) > max_samples:
-        dataset = Subset(dataset, range(max_samples))
-    model.eval()
-    correct = total = 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size):
-        correct += int((model(images).argmax(dim=1) == labels).sum())
-        total += int(labels.numel())
-    return correct / max(total, 1)
-
-
-def resize_lab(
-    checkpoint_path: str,
-    new_img_size: int,
-    methods: tuple[str, ...] = RESIZE_METHODS,
-    max_samples: int = 512,
-) -> dict:
-    """Move a trained relpos checkpoint to another image size with each resize method, and measure it.
-
-    The model is rebuilt from the checkpoint, copied once per method, moved with
-    ``VisionTransformer.set_window_size(new_grid, method)``, and evaluated on the validation split of
-    its own dataset rendered at ``new_img_size`` (at most ``max_samples`` images). For reference, the
-    original model at its own size, and the resized model with its bias switched off, are evaluated too.
-
-    Returns:
-        ``{"old_grid", "new_grid", "accuracy": [{"model", "img_size", "accuracy"}...],
-        "tables": {"original" | method: (T, H) numpy of the first bias}, "window": {...: (h, w) | None},
-        "offsets": [{"model", "offset", "head", "bias"}...], "notes": {method: [str]}, "bias_type"}``.
-    """
-    import copy
-
-    from relpos._validation import check_int
-    from relpos.attention import relative_position_bias_disabled
-    from relpos.data.build import build_dataset
-    from relpos.experiments.checkpoint import load_model_from_checkpoint
-
-    new_img_size = check_int("new_img_size", new_img_size)
-    max_samples = check_int("max_samples", max_samples)
-    for m in methods:
-        check_choice("method", m, RESIZE_METHODS)
-    model, ckpt = load_model_from_checkpoint(checkpoint_path)
-    cfg = copy.deepcopy(ckpt["config"])
-    patch = model.patch_embed.patch_size
-    if new_img_size % patch:
-        raise ValueError(f"new_img_size ({new_img_size}) must be a multiple of the patch size ({patch})")
-    new_grid = (new_img_size // patch, new_img_size // patch)
-    old_img = cfg["data"]["img_size"]
-    rpbs = model.relative_position_biases()
-    if not rpbs:
-        raise ValueError(f"{checkpoint_path}: the model has no relative position bias to resize")
-
-    def first_table(mdl):
-        return mdl.relative_position_biases()[0][1].effective_table().detach().float().cpu().numpy().copy()
-
-    val_old = build_dataset(cfg, "val")
-    new_cfg = copy.deepcopy(cfg)
-    new_cfg["data"]["img_size"] = new_img_size
-    val_new = build_dataset(new_cfg, "val")
-
-    accuracy = [{"model": "original", "img_size": old_img, "accuracy": _accuracy(model, val_old, max_samples)}]
-    tables = {"original": first_table(model)}
-    window = {"original": rpbs[0][1].window_size}
-    offsets = [
-        {"model": "original", "offset": str(k), "head": h, "bias": v}
-        for k, vals in bias_at_offsets(rpbs[0][1]).items() for h, v in enumerate(vals)
-    ]
-    notes = {}
-    for method in methods:
-        moved = copy.deepcopy(model)
-        notes[method] = moved.set_window_size(new_grid, method=method)
-        accuracy.append({"model": method, "img_size": new_img_size, "accuracy": _accuracy(moved, val_new, max_samples)})
-        if method == methods[0]:
-            with relative_position_bias_disabled(moved):
-                acc_off = _accuracy(moved, val_new, max_samples)
-            accuracy.append({"model": f"{method}, bias off", "img_size": new_img_size, "accuracy": acc_off})
-        first = moved.relative_position_biases()[0][1]
-        tables[method] = first_table(moved)
-        window[method] = first.window_size
-        offsets += [
-            {"model": method, "offset": str(k), "head": h, "bias": v}
-            for k, vals in bias_at_offsets(first).items() for h, v in enumerate(vals)
-        ]
-    return {
-        "old_grid": tuple(model.grid_size), "new_grid": new_grid, "bias_type": rpbs[0][1].bias_type,
-        "accuracy": accuracy, "tables": tables, "window": window, "offsets": offsets, "notes": notes,
-    }

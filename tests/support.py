@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from relpos import jobs
+from relpos.experiments import runproc
 
 
 def kill_runs(root: Path) -> None:
@@ -24,12 +25,13 @@ def kill_runs(root: Path) -> None:
 
 
 def install_fake_trainer(tmp_path: Path, monkeypatch, source: str, module: str) -> Path:
-    """Make ``jobs.start_run`` spawn ``python -m <module>`` (written from ``source``) instead of the
-    real trainer; return a config file to start it with."""
+    """Make ``jobs.start_run`` (and every advance of the run queue in this process) spawn
+    ``python -m <module>`` (written from ``source``) instead of the real trainer; return a config
+    file to start it with."""
     pkg = tmp_path / "fakepkg"
     pkg.mkdir(exist_ok=True)
     (pkg / f"{module}.py").write_text(source)
-    monkeypatch.setattr(jobs, "TRAIN_MODULE", module)
+    monkeypatch.setattr(runproc, "TRAIN_MODULE", module)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
     config = tmp_path / "cfg.yaml"
     config.write_text("name: fake\n")

@@ -1,18 +1,23 @@
 """The Streamlit app, server side, with streamlit.testing.v1.AppTest.
 
-Every page renders without an exception or an error message at its defaults and after changing
-each main widget (including the largest window the widgets allow); the sidebar's choices survive
-page switches; the charts carry the library's numbers; Start creates a run that reaches ``done``
-and Cancel ends one in ``cancelled``. Runs go to a temporary runs root (``RELPOS_RUNS_ROOT``) and
-are always cancelled by a finalizer.
+The app runs in Streamlit's pages/ mode: app.py is the home page, pages/<n>_<name>.py the pages.
+Every page file runs on its own and from app.py without an exception or an error message, at its
+defaults and after changing each main widget (including the largest window the widgets allow);
+the sidebar's choices (model, layer, head) survive every page switch; the charts carry the
+library's numbers; Start creates a run that reaches ``done`` and Cancel ends one in ``cancelled``.
+Runs go to a temporary runs root (``RELPOS_RUNS_ROOT``) and are always cancelled by a finalizer.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,10 +25,15 @@ import numpy as np
 import pytest
 import torch
 
+from app_support.frame import NAV, W_HEAD, W_LAYER, W_SOURCE
+from app_support.state import SEL_HEAD, SEL_LAYER, SEL_SOURCE
 from relpos import explore, jobs
-from relpos.experiments import rundir
-
-from support import kill_runs
+from relpos.diagnostics import DIAGNOSTIC_MEASURES, attention_maps
+from relpos.experiments.config import fresh_model, preset_config
+from relpos.geometry import relative_position_index
+from relpos.presets import BIAS_PRESETS, bias_arrays, make_bias
+from relpos.experiments import rundir, runproc
+from relpos.families import FAMILIES
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -32,26 +42,15 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 PAGES = {
-    "indices": "app_pages/1_position_indices.py",
-    "bias": "app_pages/2_bias_explorer.py",
-    "attention": "app_pages/3_attention_maps.py",
-    "train": "app_pages/4_train.py",
-    "checkpoints": "app_pages/5_checkpoints.py",
-    "resize": "app_pages/6_resize_lab.py",
-    "import": "app_pages/7_import_checkpoint.py",
+    "indices": "pages/1_position_indices.py",
+    "bias": "pages/2_bias_explorer.py",
+    "attention": "pages/3_attention_maps.py",
+    "train": "pages/4_train.py",
+    "checkpoints": "pages/5_checkpoints.py",
+    "resize": "pages/6_resize_lab.py",
+    "import": "pages/7_import_checkpoint.py",
 }
 TIMEOUT = 120
-
-
-
-
-@pytest.fixture
-def runs_root(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv(jobs.RUNS_ROOT_ENV, str(root))
-    yield root
-    kill_runs(root)
 
 
 def new_app() -> AppTest:
@@ -100,7 +99,51 @@ def test_home_renders(runs_root):
     at = new_app().run()
     assert_clean(at, "home")
     assert any("softmax" in el.value for el in at.latex)
-    assert at.sidebar.selectbox(key="sb_source").value.startswith("preset:")
+    assert at.sidebar.selectbox(key=W_SOURCE).value.startswith("preset:")
+    assert at.session_state[SEL_SOURCE] == at.sidebar.selectbox(key=W_SOURCE).value
+    # The sidebar's navigation, then "Where to start": one link per page in the main area.
+    nav = [el.proto for el in at.sidebar.get("page_link")]
+    assert [(p.label, p.icon) for p in nav] == [(i.label, i.icon) for i in NAV]
+    assert len(at.main.get("page_link")) == len(NAV) - 1
+
+
+def page_frame_call(path: str) -> tuple[str, str]:
+    """The ``(title, icon)`` a page passes to page_frame (its first statement after the imports)."""
+    tree = ast.parse((ROOT / path).read_text())
+    docstring, first, *_ = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+    call = first.value  # `page_frame(...)` or `source, layer, head = page_frame(...)`
+    assert isinstance(call, ast.Call) and getattr(call.func, "id", "") == "page_frame", f"{path}: frame first"
+    return call.args[0].value, call.args[1].value
+
+
+def test_pages_mode_layout():
+    """pages/ holds exactly the pages of the navigation table; no st.navigation, no app_pages/."""
+    assert not (ROOT / "app_pages").exists()
+    files = sorted(p.name for p in (ROOT / "pages").iterdir() if p.suffix == ".py")
+    assert ["pages/" + f for f in files] == [item.path for item in NAV[1:]], "every .py in pages/ is a page"
+    assert not [p for p in (ROOT / "pages").iterdir() if p.suffix != ".py" and p.name != "__pycache__"]
+    assert NAV[0].path == "app.py"
+    for item in NAV:
+        title, icon = page_frame_call(item.path)
+        assert icon == item.icon, item.path
+        assert title == item.label, item.path
+        assert re.fullmatch(r"\d+_[a-z_]+\.py", Path(item.path).name) or item.path == "app.py"
+    for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "app_support").glob("*.py")]:
+        text = path.read_text()
+        assert "st.navigation" not in text and "_pending_source" not in text, path
+    tomllib = pytest.importorskip("tomllib")
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["client"]["showSidebarNavigation"] is False
+
+
+@pytest.mark.parametrize("item", NAV, ids=[i.label for i in NAV])
+def test_every_page_file_runs_on_its_own(runs_root, item):
+    """Each page file is a script of its own (Streamlit runs it directly); its frame still draws the
+    title and the model picker."""
+    at = AppTest.from_file(str(ROOT / item.path), default_timeout=TIMEOUT).run()
+    assert_clean(at, item.path)
+    assert at.title[0].value == (item.label if item.path != "app.py" else "Relative position bias, seen and trained")
+    assert at.sidebar.selectbox(key=W_SOURCE).value == at.session_state[SEL_SOURCE]
 
 
 @pytest.mark.parametrize(
@@ -119,6 +162,10 @@ def test_every_page_renders_at_defaults(runs_root, page, expected_charts):
     at = open_page(new_app().run(), page)
     assert expected_charts <= set(charts(at)), set(charts(at))
     assert at.markdown, "every page opens with a few sentences"
+    item = next(i for i in NAV if i.path == PAGES[page])
+    assert at.title[0].value == item.label
+    assert len(at.sidebar.get("page_link")) == len(NAV)  # the navigation, on every page
+    assert at.sidebar.selectbox(key=W_SOURCE).value.startswith("preset:")
 
 
 def test_position_indices_widgets_and_chart_data(runs_root):
@@ -138,7 +185,7 @@ def test_position_indices_widgets_and_chart_data(runs_root):
     at.number_input(key="pi_len").set_value(12).run()
     assert_clean(at, "1d len")
     z = heatmap_z(charts(at)["pi_matrix"])
-    np.testing.assert_array_equal(z, explore.index_matrix("1d", 12))
+    np.testing.assert_array_equal(z, relative_position_index(12).numpy())
     at.radio(key="pi_kind").set_value("2d").run()
     at.number_input(key="pi_h").set_value(explore.MAX_WINDOW_SIDE)
     at.number_input(key="pi_w").set_value(explore.MAX_WINDOW_SIDE).run()
@@ -149,7 +196,7 @@ def test_position_indices_widgets_and_chart_data(runs_root):
 
 def test_bias_explorer_widgets_and_chart_data(runs_root):
     at = open_page(new_app().run(), "bias")
-    for preset in explore.BIAS_PRESETS:
+    for preset in BIAS_PRESETS:
         at.selectbox(key="be_preset").set_value(preset).run()
         assert_clean(at, preset)
     at.selectbox(key="be_preset").set_value("locality")
@@ -158,8 +205,8 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
     at.number_input(key="be_heads").set_value(2)
     at.slider(key="be_alpha").set_value(2.0).run()
     assert_clean(at)
-    rpb = explore.make_bias("2d", (3, 4), 2, preset="locality", alpha=2.0)
-    ref = explore.bias_arrays(rpb)
+    rpb = make_bias("2d", (3, 4), 2, preset="locality", alpha=2.0)
+    ref = bias_arrays(rpb)
     fig = charts(at)["be_bias"]
     z = heatmap_z(fig)
     np.testing.assert_allclose(z, ref["bias"][0], rtol=1e-6, atol=1e-6)
@@ -184,10 +231,10 @@ def test_bias_explorer_widgets_and_chart_data(runs_root):
 def test_attention_page_widgets(runs_root):
     at = open_page(new_app().run(), "attention")
     # The charts carry the library's numbers: every head of layer 0 for sample 0 of the preset.
-    preset = at.session_state["sb_source"].split(":", 1)[1]
-    cfg = explore.preset_config(preset)
+    preset = at.session_state[SEL_SOURCE].split(":", 1)[1]
+    cfg = preset_config(preset)
     image, _label, _classes = explore.sample_input(cfg, 0)
-    ref = explore.attention_maps(explore.fresh_model(cfg), image)[0]  # (H, N, N)
+    ref = attention_maps(fresh_model(cfg), image)[0]  # (H, N, N)
     fig = charts(at)["am_heads"]
     for h in range(ref.shape[0]):
         np.testing.assert_allclose(heatmap_z(fig, h), ref[h], rtol=1e-4, atol=1e-6)
@@ -222,21 +269,53 @@ train: {epochs: 1, batch_size: 32, device: cpu}
 """
 
 
+def assert_sidebar_shows(at: AppTest, source: str, layer: int, head: int, where: str) -> None:
+    """The shared choices are set, and the sidebar's pickers show them."""
+    assert (at.session_state[SEL_SOURCE], at.session_state[SEL_LAYER], at.session_state[SEL_HEAD]) == (
+        source, layer, head), where
+    shown = [at.sidebar.selectbox(key=k).value for k in (W_SOURCE, W_LAYER, W_HEAD)]
+    assert shown == [source, layer, head], where
+
+
 def test_sidebar_choices_survive_page_switches(runs_root, tmp_path, monkeypatch):
+    """A model, layer and head chosen in the sidebar of one page are still chosen on every other page
+    (and back on the first), whichever page they were chosen on."""
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "default.yaml").write_text(TWO_LAYER_PRESET)
+    (configs / "second.yaml").write_text(TWO_LAYER_PRESET.replace("name: two", "name: second"))
     monkeypatch.setenv(jobs.CONFIGS_DIR_ENV, str(configs))
-    at = new_app().run()
-    layers = at.sidebar.selectbox(key="sb_layer").options
-    heads = at.sidebar.selectbox(key="sb_head").options
-    assert len(layers) >= 2 and len(heads) >= 2
-    at.sidebar.selectbox(key="sb_layer").set_value(1)
-    at.sidebar.selectbox(key="sb_head").set_value(1).run()
-    for page in ("indices", "attention", "train", "checkpoints", "bias"):
+    at = open_page(new_app().run(), "attention")
+    assert len(at.sidebar.selectbox(key=W_LAYER).options) == 2 and len(at.sidebar.selectbox(key=W_HEAD).options) == 2
+    at.sidebar.selectbox(key=W_SOURCE).set_value("preset:second").run()
+    at.sidebar.selectbox(key=W_LAYER).set_value(1)
+    at.sidebar.selectbox(key=W_HEAD).set_value(1).run()
+    assert_clean(at, "chosen")
+    assert any("layer 1 · head 1" in (c.value or "") for c in at.caption)
+    for page in [*PAGES, "attention"]:
         open_page(at, page)
-        assert at.session_state["sb_layer"] == 1 and at.session_state["sb_head"] == 1, page
-    assert any("layer 1" in (c.value or "") for c in open_page(at, "attention").caption)
+        assert_sidebar_shows(at, "preset:second", 1, 1, page)
+    at.switch_page("app.py").run()
+    assert_sidebar_shows(at, "preset:second", 1, 1, "home")
+    # Changed again on another page: the new choice is the one every page sees.
+    open_page(at, "train")
+    at.sidebar.selectbox(key=W_HEAD).set_value(0).run()
+    open_page(at, "checkpoints")
+    assert_sidebar_shows(at, "preset:second", 1, 0, "after a second change")
+
+
+def test_use_a_run_checkpoint_sets_the_model_everywhere(runs_root):
+    """Train's "use this run's checkpoint" makes it the current model of every page (no pending hack)."""
+    run = runs_root / "20260101-000000-done"
+    rundir.update_status(run, state="done", epoch=1, epochs=1, created_at=time.time())
+    ckpt = saved_checkpoint(run / "best.pt")
+    at = open_page(new_app().run(), "train")
+    at.button(key="tr_use").click().run()
+    assert_clean(at, "use")
+    assert_sidebar_shows(at, "ckpt:" + str(ckpt), 0, 0, "train")
+    open_page(at, "attention")
+    assert_sidebar_shows(at, "ckpt:" + str(ckpt), 0, 0, "attention")
+    assert {"am_query_with", "am_heads"} <= set(charts(at))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2):
@@ -275,7 +354,7 @@ def test_start_run_reaches_done_and_shows_everywhere(runs_root):
     assert at.selectbox(key="tr_run").value == run_dir.name
     # The checkpoint is now a source in the sidebar and on the checkpoints page.
     ckpt = next(p for p in (run_dir / "best.pt", run_dir / "last.pt") if p.is_file())
-    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(ckpt)).run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(ckpt)).run()
     assert_clean(at, "ckpt source")
     open_page(at, "attention")
     assert {"am_query_with", "am_query_without", "am_heads"} <= set(charts(at))
@@ -295,23 +374,23 @@ def test_cancel_ends_cancelled(runs_root):
     assert not jobs.is_alive(jobs.run_pid(run_dir), run_dir)
 
 
-def test_concurrency_limit_message(runs_root, monkeypatch):
-    # Two runs that look alive (this test process's pid is not a trainer, so fake 'queued' runs
-    # without pid, fresh: they count as active).
-    for k in range(2):
-        rundir.update_status(runs_root / f"busy{k}", state="queued", created_at=time.time())
-    at = open_page(new_app().run(), "train")
-    at.form_submit_button[0].click().run()
-    assert not at.exception
-    assert any("already queued or running" in w.value for w in at.warning)
-    assert sorted(p.name for p in runs_root.iterdir() if p.is_dir()) == ["busy0", "busy1"]
-
-
-def test_no_pages_folder():
-    # A folder named pages/ next to app.py (even an empty one) switches Streamlit to its old
-    # multipage mode for a session's first run: a deep link then skips app.py's frame and sidebar
-    # (with scripts in it) or shows a "Page not found" dialog (empty). Pages live in app_pages/.
-    assert not (ROOT / "pages").exists(), "remove pages/; page scripts live in app_pages/"
+def test_start_beyond_the_limit_queues(runs_root, monkeypatch):
+    # One run that looks alive: a sleeper whose command line names the trainer and the run folder.
+    monkeypatch.setenv("RELPOS_MAX_CONCURRENT_RUNS", "1")
+    busy = runs_root / "busy"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", runproc.TRAIN_MODULE,
+                                busy.name])
+    try:
+        rundir.update_status(busy, state="running", created_at=time.time(), pid=sleeper.pid)
+        at = open_page(new_app().run(), "train")
+        at.form_submit_button[0].click().run()
+        assert not at.exception
+        (new,) = [p for p in runs_root.iterdir() if p.is_dir() and p != busy]  # queued, not refused
+        assert rundir.read_status(new)["state"] == "queued" and jobs.run_pid(new) is None
+        assert jobs.run_info(new)["queue_position"] == 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_a_broken_checkpoint_shows_a_readable_error(runs_root):
@@ -319,7 +398,7 @@ def test_a_broken_checkpoint_shows_a_readable_error(runs_root):
     rundir.update_status(run, state="done", created_at=time.time())
     (run / "best.pt").write_bytes(b"this is not a checkpoint")
     at = new_app().run()
-    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(run / "best.pt")).run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(run / "best.pt")).run()
     assert not at.exception
     assert any("What to do" in e.value for e in at.sidebar.error)
     for page in ("attention", "checkpoints"):
@@ -343,7 +422,7 @@ def saved_checkpoint(path: Path, **model) -> Path:
 
     cfg = resolve_config({"data": {"img_size": 8, "patch_size": 2, "mark_size": 1, "num_train": 64, "num_val": 32},
                           "model": {"embed_dim": 16, "depth": 1, "num_heads": 2, **model}})
-    save_checkpoint(explore.fresh_model(cfg), None, 0, {}, path, config=cfg)
+    save_checkpoint(fresh_model(cfg), None, 0, {}, path, config=cfg)
     return path
 
 
@@ -352,27 +431,27 @@ def test_upload_a_checkpoint_then_use_it_everywhere(runs_root, tmp_path):
     at = open_page(new_app().run(), "checkpoints")
     at.file_uploader(key="ck_upload").upload("my model (v1).pt", data).run()
     assert_clean(at, "upload")
-    stored = runs_root / explore.UPLOADS_DIR / "my-model-v1.pt"
+    stored = runs_root / jobs.UPLOADS_DIR / "my-model-v1.pt"
     assert stored.read_bytes() == data
     assert any("Saved as" in s.value for s in at.success)
     at.run()  # rerun: the same upload is not stored twice
-    assert len(list((runs_root / explore.UPLOADS_DIR).iterdir())) == 1
+    assert len(list((runs_root / jobs.UPLOADS_DIR).iterdir())) == 1
     assert {"ck_learned", "ck_change"} <= set(charts(at))
     # A fresh checkpoint's learned table equals its initial one: the change map is all zeros.
     assert not np.any(heatmap_z(charts(at)["ck_change"]))
     assert [d.key for d in at.get("download_button")] == ["ck_dl_ckpt", "ck_dl_cfg", "ck_dl_fig"]
     source = "ckpt:" + str(stored)
-    assert "uploads/my-model-v1.pt" in at.sidebar.selectbox(key="sb_source").options  # shown labels
-    at.sidebar.selectbox(key="sb_source").set_value(source).run()
+    assert "uploads/my-model-v1.pt" in at.sidebar.selectbox(key=W_SOURCE).options  # shown labels
+    at.sidebar.selectbox(key=W_SOURCE).set_value(source).run()
     open_page(at, "attention")
     assert {"am_query_with", "am_query_without", "am_heads", "am_diff"} <= set(charts(at))
 
 
 def test_model_without_bias_is_explained(runs_root, tmp_path):
-    (runs_root / explore.UPLOADS_DIR).mkdir()
-    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "nobias.pt", use_relative_position=False)
+    (runs_root / jobs.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / jobs.UPLOADS_DIR / "nobias.pt", use_relative_position=False)
     at = new_app().run()
-    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(path)).run()
     open_page(at, "attention")
     assert "am_diff" not in charts(at)
     at.selectbox(key="am_table").set_value("locality").run()
@@ -424,10 +503,10 @@ def test_largest_preset_model_on_the_attention_page(runs_root):
     if "vit_b16" not in jobs.list_presets():
         pytest.skip("no vit_b16 preset")
     at = new_app().run()
-    at.sidebar.selectbox(key="sb_source").set_value("preset:vit_b16").run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("preset:vit_b16").run()
     assert_clean(at, "sidebar")
-    at.sidebar.selectbox(key="sb_layer").set_value(11)
-    at.sidebar.selectbox(key="sb_head").set_value(11).run()
+    at.sidebar.selectbox(key=W_LAYER).set_value(11)
+    at.sidebar.selectbox(key=W_HEAD).set_value(11).run()
     open_page(at, "attention")
     figs = charts(at)
     assert {"am_query_with", "am_query_without", "am_heads", "am_diff"} <= set(figs)
@@ -441,7 +520,7 @@ def test_server_config_is_safe_by_default():
     server = cfg["server"]
     assert server["address"] == "localhost"  # not reachable from the network unless asked
     assert server["enableXsrfProtection"] is True
-    assert server["maxUploadSize"] * 2**20 <= explore.MAX_UPLOAD_BYTES
+    assert server["maxUploadSize"] * 2**20 <= jobs.MAX_UPLOAD_BYTES
     assert cfg["client"]["showErrorDetails"] in ("none", "type")  # no tracebacks in the browser
 
 
@@ -454,11 +533,13 @@ def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
     """Each family at the page's defaults (7x7 window or L = 16, 4 heads, seed 0, locality α = 2 for
     learned tables): the table chart and the full-bias chart carry effective_table() and rpb()."""
     at = open_page(new_app().run(), "bias")
-    assert list(at.selectbox(key="be_kind").options) == list(explore.EXPLORE_BIAS_TYPES)
+    # Every family, in order, labelled from the families table.
+    shown = list(at.selectbox(key="be_kind").options)
+    assert shown == [f"{k} · {FAMILIES[k].label}" for k in explore.EXPLORE_BIAS_TYPES]
     for kind in explore.EXPLORE_BIAS_TYPES:
         at.selectbox(key="be_kind").set_value(kind).run()
         assert_clean(at, kind)
-        learned = kind in explore.LEARNED_BIAS_TYPES
+        learned = FAMILIES[kind].learned
         if learned:
             assert not at.selectbox(key="be_preset").disabled
         else:  # alibi, cpb: no table to edit, said so instead of a preset
@@ -466,7 +547,7 @@ def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
         size = 16 if kind in ("1d", "t5") else (7, 7)
         opts = {"t5": {"num_buckets": 32, "max_distance": 128}, "alibi": {"alibi_distance": "euclidean"},
                 "cpb": {"cpb_hidden_dim": 512}}.get(kind, {})
-        rpb = explore.make_bias(kind, size, 4, preset="locality" if learned else "init", alpha=2.0, **opts)
+        rpb = make_bias(kind, size, 4, preset="locality" if learned else "init", alpha=2.0, **opts)
         table, bias = rpb.effective_table().numpy(), rpb().numpy()
         figs = charts(at)
         if kind in ("1d", "t5"):
@@ -490,8 +571,8 @@ def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
         q = at.slider(key="be_query").value
         np.testing.assert_allclose(query_bias.reshape(-1), patch[q], rtol=1e-6, atol=1e-6)
     at.selectbox(key="be_kind").set_value("t5").run()
-    at.number_input(key="be_buckets").set_value(8)
-    at.number_input(key="be_maxdist").set_value(6).run()
+    at.number_input(key="be_num_buckets").set_value(8)
+    at.number_input(key="be_max_distance").set_value(6).run()
     assert_clean(at, "t5 options")
     x, _ = scatter_xy(charts(at)["be_table"])
     np.testing.assert_array_equal(x, np.arange(8))
@@ -500,10 +581,10 @@ def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
 def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
     from relpos.diagnostics import bias_diagnostics
 
-    (runs_root / explore.UPLOADS_DIR).mkdir()
-    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "t5.pt", bias_type="t5")
+    (runs_root / jobs.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / jobs.UPLOADS_DIR / "t5.pt", bias_type="t5")
     at = new_app().run()
-    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(path)).run()
     at = open_page(at, "checkpoints")
     assert {"ck_learned", "ck_change"} <= set(charts(at))
     x, _ = scatter_xy(charts(at)["ck_learned"])
@@ -512,7 +593,7 @@ def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
     model, ckpt = explore.load_checkpoint_model(path)
     image, _, _ = explore.sample_input(ckpt["config"], 0)
     diag = bias_diagnostics(model, image[None])
-    assert list(shown.index) == list(explore.DIAGNOSTIC_MEASURES)
+    assert list(shown.index) == list(DIAGNOSTIC_MEASURES)
     assert list(shown.columns) == ["head 0", "head 1", "what it measures"]
     heads = ["head 0", "head 1"]
     for measure in ("locality", "symmetry", "bias_entropy"):
@@ -520,7 +601,7 @@ def test_checkpoint_diagnostics_table_equals_bias_diagnostics(runs_root):
     for measure in ("kl", "entropy"):
         np.testing.assert_allclose(shown.loc[measure, heads].to_numpy(float), diag["attention"][0][measure],
                                    rtol=1e-9)
-    assert shown.loc["kl", "what it measures"] == explore.DIAGNOSTIC_MEASURES["kl"]
+    assert shown.loc["kl", "what it measures"] == DIAGNOSTIC_MEASURES["kl"]
 
 
 def test_bias_explorer_keeps_the_window_across_a_family_switch(runs_root):
@@ -536,10 +617,10 @@ def test_bias_explorer_keeps_the_window_across_a_family_switch(runs_root):
 def test_attention_page_diagnostics_for_a_class_token_model(runs_root):
     from relpos.diagnostics import bias_diagnostics
 
-    (runs_root / explore.UPLOADS_DIR).mkdir()
-    path = saved_checkpoint(runs_root / explore.UPLOADS_DIR / "cls.pt", bias_type="2d_cls", class_token=True)
+    (runs_root / jobs.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / jobs.UPLOADS_DIR / "cls.pt", bias_type="2d_cls", class_token=True)
     at = new_app().run()
-    at.sidebar.selectbox(key="sb_source").set_value("ckpt:" + str(path)).run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(path)).run()
     at = open_page(at, "attention")
     assert {"am_query_with", "am_query_without", "am_heads"} <= set(charts(at))
     grid_side = 4  # img 8 / patch 2: the maps cover the 16 patches, not the class token

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from relpos import (
     collect_attention_maps,
     relative_position_bias_disabled,
 )
+from relpos.relative_position import RelativePositionBias
 
 
 def reference_attention(q, k, v, bias=None, scale=None):
@@ -194,11 +198,142 @@ def test_maps_without_bias_and_disabled_context() -> None:
         zeroed = model.blocks[0].attn.relative_position_bias.relative_position_bias_table.zero_()
         del zeroed
     torch.testing.assert_close(collect_attention_maps(model, x)[0], without)
-    with relative_position_bias_disabled(model):
-        assert model.blocks[0].attn._bias_disabled
-    assert not model.blocks[0].attn._bias_disabled
+
+
+def _biases(model: torch.nn.Module) -> list[RelativePositionBias]:
+    return [m for m in model.modules() if isinstance(m, RelativePositionBias)]
+
+
+def test_bias_disabled_context_zeroes_the_bias_and_leaves_no_state() -> None:
+    model = VisionTransformer(img_size=8, patch_size=4, in_channels=1, num_classes=2, embed_dim=8,
+                              depth=2, num_heads=2, use_relative_position=True).eval()
+    with torch.no_grad():
+        for rpb in _biases(model):
+            rpb.relative_position_bias_table.normal_(0, 3.0)
+    x = torch.randn(3, 1, 8, 8)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for rpb in _biases(zeroed):
+            rpb.relative_position_bias_table.zero_()
+        with_bias, expected = model(x), zeroed(x)
+        state = [dict(vars(m)) for m in model.modules()]
+        with relative_position_bias_disabled(model) as same:
+            assert same is model
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+            with relative_position_bias_disabled(model):  # nested: still off, and still off after
+                torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+            torch.testing.assert_close(zeroed(x), expected)  # another model: unaffected
+        assert [set(vars(m)) for m in model.modules()] == [set(d) for d in state]  # no flag written
+        torch.testing.assert_close(model(x), with_bias, rtol=0, atol=0)
 
 
 def test_collect_requires_attention_layers() -> None:
     with pytest.raises(ValueError, match="MultiHeadAttention"):
         collect_attention_maps(torch.nn.Linear(2, 2), torch.randn(1, 2))
+
+
+# ---- context-local modes: many threads, one shared model --------------------------------------
+
+
+def _shared_model() -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, in_channels=1, num_classes=3, embed_dim=16,
+                              depth=2, num_heads=2, use_relative_position=True).eval()
+    with torch.no_grad():
+        for rpb in _biases(model):
+            rpb.relative_position_bias_table.normal_(0, 3.0)  # large: with and without differ clearly
+    return model
+
+
+def _expected(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """Single-threaded references: maps and outputs with the bias and with it zeroed by hand."""
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for rpb in _biases(zeroed):
+            rpb.relative_position_bias_table.zero_()
+        return {
+            "maps": [a.clone() for a in collect_attention_maps(model, x)],
+            "maps_off": [a.clone() for a in collect_attention_maps(zeroed, x)],
+            "out": model(x).clone(),
+            "out_off": zeroed(x).clone(),
+        }
+
+
+def test_threads_sharing_a_model_get_their_own_maps_and_bias_switch() -> None:
+    """8 threads at once on one model: maps with and without the bias, outputs with the bias on and
+    switched off. Every result equals the single-threaded one (a switch written on the shared modules
+    would leak into the other threads' forwards)."""
+    model = _shared_model()
+    inputs = [torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    expected = [_expected(model, x) for x in inputs]
+    barrier, errors = threading.Barrier(8), []
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for it in range(12):
+                k = (t + it) % len(inputs)
+                x, ref = inputs[k], expected[k]
+                kind = (t + it) % 4
+                if kind == 0:
+                    got, want = collect_attention_maps(model, x), ref["maps"]
+                elif kind == 1:
+                    got, want = collect_attention_maps(model, x, with_bias=False), ref["maps_off"]
+                elif kind == 2:
+                    with torch.no_grad():
+                        got, want = [model(x)], [ref["out"]]
+                else:
+                    with relative_position_bias_disabled(model), torch.no_grad():
+                        got, want = [model(x)], [ref["out_off"]]
+                assert len(got) == len(want)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"thread {t} it {it} "
+                                               f"kind {kind}: {m}")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads)
+    assert not errors, errors[:3]
+    assert not model.training
+
+
+def test_a_switch_held_by_one_thread_never_reaches_another() -> None:
+    """Deterministic interleaving: thread A holds the bias-off switch (and a map request) open while
+    thread B runs forwards; B sees the bias, A does not, and neither sees the other's map request."""
+    model = _shared_model()
+    x = torch.randn(1, 1, 16, 16)
+    ref = _expected(model, x)
+    a_inside, b_done, results = threading.Event(), threading.Event(), {}
+
+    def thread_a() -> None:
+        with relative_position_bias_disabled(model), torch.no_grad():
+            a_inside.set()
+            b_done.wait(60)
+            results["a_out"] = model(x)
+            results["a_maps"] = collect_attention_maps(model, x)  # bias still off inside the block
+
+    def thread_b() -> None:
+        a_inside.wait(60)
+        with torch.no_grad():
+            results["b_out"] = model(x)
+        results["b_maps"] = collect_attention_maps(model, x)
+        b_done.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    torch.testing.assert_close(results["b_out"], ref["out"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results["a_out"], ref["out_off"], rtol=1e-5, atol=1e-6)
+    for got, want in zip(results["b_maps"], ref["maps"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(results["a_maps"], ref["maps_off"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref["out"], ref["out_off"])  # the test can tell the two apart

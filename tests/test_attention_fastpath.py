@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import relpos.attention as attention_mod
+import relpos._attention_kernels as kernels
+import relpos.attention as attention
 from relpos import MultiHeadAttention, ScaledDotProductAttention
 from relpos.relative_position import RelativePositionBias
 
@@ -109,7 +110,7 @@ def test_fused_function_gradients_for_every_bias_shape(bias_shape: str, batch: i
 def test_fused_function_gradcheck() -> None:
     q, k, v = (torch.randn(2, 2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
     bias = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
-    fn = attention_mod._BiasedAttentionFunction.apply
+    fn = kernels.BiasedAttentionFunction.apply
     assert torch.autograd.gradcheck(lambda *a: fn(*a, 0.7), (q, k, v, bias))
 
 
@@ -127,6 +128,39 @@ def test_fused_function_only_some_inputs_need_grad() -> None:
             torch.testing.assert_close(a, b, **TOL)
 
 
+# (num_tokens, has_bias, training, needs_grad, dropout, attn_impl, need_weights) -> kernel
+KERNEL_TABLE = [
+    # weights wanted, or attn_impl="explicit": always the explicit path
+    ((16, True, False, False, 0.0, "auto", True), "explicit"),
+    ((1024, False, True, True, 0.1, "sdpa", True), "explicit"),
+    ((1024, True, False, False, 0.0, "explicit", False), "explicit"),
+    # no autograd (eval / no_grad): in place below 256 tokens, SDPA from there; "sdpa" never in place
+    ((255, True, False, False, 0.0, "auto", False), "inplace"),
+    ((256, True, False, False, 0.0, "auto", False), "sdpa"),
+    ((16, False, False, False, 0.0, "auto", False), "inplace"),
+    ((16, True, False, False, 0.0, "sdpa", False), "sdpa"),
+    ((16, True, True, False, 0.1, "auto", False), "sdpa"),  # training mode without grad: dropout in SDPA
+    ((16, True, False, False, 0.1, "auto", False), "inplace"),  # eval: dropout inactive
+    # autograd through a bias, dropout inactive: the custom function at every size
+    ((1, True, True, True, 0.0, "auto", False), "biased_fused"),
+    ((1024, True, False, True, 0.1, "auto", False), "biased_fused"),
+    ((16, True, True, True, 0.0, "sdpa", False), "biased_fused"),
+    # autograd otherwise (no bias, or dropout active): SDPA from 196 tokens, explicit below ("auto")
+    ((195, False, True, True, 0.0, "auto", False), "explicit"),
+    ((196, False, True, True, 0.0, "auto", False), "sdpa"),
+    ((195, True, True, True, 0.1, "auto", False), "explicit"),
+    ((196, True, True, True, 0.1, "auto", False), "sdpa"),
+    ((16, True, True, True, 0.1, "sdpa", False), "sdpa"),
+]
+
+
+@pytest.mark.parametrize("args, kernel", KERNEL_TABLE)
+def test_choose_kernel_table(args: tuple, kernel: str) -> None:
+    """The one kernel choice, against the measured thresholds (attention.py's comment)."""
+    assert attention._choose_kernel(*args) == kernel
+    assert (attention.SDPA_MIN_TOKENS_EVAL, attention.SDPA_MIN_TOKENS_TRAIN) == (256, 196)
+
+
 class _Calls:
     def __init__(self, fn):
         self.fn, self.n = fn, 0
@@ -138,8 +172,8 @@ class _Calls:
 
 @pytest.mark.parametrize("n_side", [2, 7, 16])
 def test_auto_training_with_bias_takes_the_fused_function(monkeypatch, n_side: int) -> None:
-    calls = _Calls(attention_mod._BiasedAttentionFunction.apply)
-    monkeypatch.setattr(attention_mod._BiasedAttentionFunction, "apply", calls)
+    calls = _Calls(kernels.BiasedAttentionFunction.apply)
+    monkeypatch.setattr(kernels.BiasedAttentionFunction, "apply", calls)
     m = make_mha({"window_size": (n_side, n_side)}, "auto").train()
     m(torch.randn(2, n_side * n_side, 8, dtype=torch.float64)).sum().backward()
     assert calls.n == 1
@@ -147,8 +181,8 @@ def test_auto_training_with_bias_takes_the_fused_function(monkeypatch, n_side: i
 
 
 def test_dropout_in_training_never_takes_the_fused_function(monkeypatch) -> None:
-    calls = _Calls(attention_mod._BiasedAttentionFunction.apply)
-    monkeypatch.setattr(attention_mod._BiasedAttentionFunction, "apply", calls)
+    calls = _Calls(kernels.BiasedAttentionFunction.apply)
+    monkeypatch.setattr(kernels.BiasedAttentionFunction, "apply", calls)
     for impl in ("auto", "sdpa"):
         m = MultiHeadAttention(8, 2, dropout=0.1, use_relative_position=True,
                                rpb_kwargs={"window_size": (4, 4)}, attn_impl=impl).train()
@@ -193,13 +227,13 @@ def test_eval_fused_path_materializes_no_weights(n_side: int) -> None:
 def test_sdpa_gets_a_4d_mask(monkeypatch) -> None:
     """A 3D mask sends SDPA's CPU kernel to a slower path; the module always passes 4D."""
     seen = []
-    real = attention_mod.F.scaled_dot_product_attention
+    real = kernels.F.scaled_dot_product_attention
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("attn_mask"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attention_mod.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", spy)
     m = MultiHeadAttention(8, 2, use_relative_position=True, rpb_kwargs={"window_size": (16, 16)}).eval()
     with torch.no_grad():
         m(torch.randn(2, 256, 8))
@@ -298,3 +332,13 @@ def test_training_never_uses_the_cache() -> None:
     rpb.train()
     b = rpb()
     assert b is not cached and b.requires_grad
+
+
+def test_invalidate_cache_rebuilds_the_bias() -> None:
+    rpb = make_rpb()
+    with torch.no_grad():
+        first = rpb()
+        rpb.invalidate_cache()
+        second = rpb()
+        assert second is not first and rpb() is second
+    torch.testing.assert_close(second, fresh_bias(rpb), rtol=0, atol=0)

@@ -1,8 +1,12 @@
 """The app in a real browser: Streamlit server + headless Debian Chromium through Playwright.
 
-One server for the module (its own process group, killed by the fixture's finalizer), runs in a
-temporary runs root. Every page is opened from the sidebar, waited on until the script is idle,
-checked for exceptions and for its charts, and screenshotted under tests/artifacts/ (git-ignored).
+The app runs in Streamlit's pages/ mode. A fresh server (its own, started for that test) is asked
+for every page by URL first, before anyone opens the home page: each shows its title, the
+navigation and the model picker, never "Page not found". Then one server for the module (its own
+process group, killed by the fixture's finalizer; runs in a temporary runs root): every page is
+opened from the sidebar's navigation, waited on until the script is idle, checked for exceptions
+and for its charts, and screenshotted under tests/artifacts/ (git-ignored); a model, layer and head
+chosen in the sidebar of one page are still chosen on every other page.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from app_support.frame import NAV
 from relpos import jobs
 from relpos.explore import MAX_HEADS, MAX_WINDOW_SIDE
 
@@ -38,15 +43,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-# Page title in the sidebar -> (url path, minimum number of Plotly charts at defaults).
+NAV_LINK = "[data-testid='stSidebar'] [data-testid='stPageLink-NavLink']"
+# Minimum number of Plotly charts of each page at its defaults (by file name).
+MIN_CHARTS = {"1_position_indices.py": 2, "2_bias_explorer.py": 7, "3_attention_maps.py": 3}
+# Page title (its label in the navigation) -> (url path, minimum number of charts). The URL is the
+# file name without its number prefix (Streamlit's pages/ mode).
 PAGES = {
-    "Position indices": ("position_indices", 2),
-    "Bias explorer": ("bias_explorer", 7),
-    "Attention maps": ("attention_maps", 3),
-    "Train": ("train", 0),
-    "Checkpoints & compare": ("checkpoints", 0),
-    "Resize lab": ("resize_lab", 0),
-    "Import checkpoint": ("import_checkpoint", 0),
+    item.label: (Path(item.path).stem.split("_", 1)[1], MIN_CHARTS.get(Path(item.path).name, 0))
+    for item in NAV[1:]
 }
 
 
@@ -67,10 +71,9 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def streamlit_server(tmp_path_factory):
+    """A fresh ``streamlit run app.py`` in its own process group and runs root; killed on exit."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
     pytest.importorskip("playwright.sync_api")
@@ -106,7 +109,23 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(server):
+def server(tmp_path_factory):
+    with streamlit_server(tmp_path_factory) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    """A server no browser has talked to yet (Streamlit decides its multipage mode on the first request)."""
+    with streamlit_server(tmp_path_factory) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
+    pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -169,7 +188,27 @@ def shot(pg, name: str) -> Path:
 
 
 def open_from_sidebar(pg, title: str) -> None:
-    pg.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+    pg.locator(NAV_LINK, has_text=title).first.click()
+    wait_idle(pg)
+
+
+def assert_frame(pg, title: str, where: str) -> None:
+    """The page's title, the whole navigation and the model picker are shown, and no dialog is open."""
+    assert pg.locator("[data-testid='stDialog']").count() == 0, f"{where}: a dialog (e.g. 'Page not found') is open"
+    assert pg.get_by_text("Page not found").count() == 0, where
+    assert pg.locator("h1").first.inner_text().strip() == title, where
+    assert pg.locator(NAV_LINK).count() == len(NAV), where
+    assert pg.get_by_test_id("stSelectbox").filter(has_text="Current model").count() == 1, where
+
+
+def sidebar_choice(pg, label: str) -> str:
+    """The value a sidebar selectbox shows (its combobox input's value)."""
+    return pg.locator("[data-testid='stSidebar']").get_by_role("combobox", name=label, exact=True).input_value()
+
+
+def choose_in_sidebar(pg, label: str, option: str) -> None:
+    pg.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text=label).first.click()
+    pg.get_by_role("option", name=option, exact=True).click()
     wait_idle(pg)
 
 
@@ -184,28 +223,54 @@ def set_number(pg, label: str, value: int) -> None:
     wait_idle(pg)
 
 
-def test_deep_link_first_gets_the_frame(server, page):
-    # The very first request to a fresh server is a page URL: the sidebar must still be there.
-    page.goto(f"{server['url']}/bias_explorer")
+def test_deep_links_first_on_a_fresh_server(fresh_server, browser):
+    """The very first requests to a fresh server are page URLs (home last): each gets its page with
+    the frame (title, navigation, model picker), never "Page not found"."""
+    for title, (path, charts) in [*PAGES.items(), ("Relative position bias, seen and trained", ("", 0))]:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            pg = context.new_page()
+            pg.set_default_timeout(90_000)
+            pg.goto(f"{fresh_server['url']}/{path}")
+            wait_idle(pg)
+            assert_no_exception(pg, f"/{path}")
+            assert_frame(pg, title, f"/{path}")
+            assert pg.url.rstrip("/").endswith(f"/{path}".rstrip("/")), pg.url
+            assert wait_charts(pg, charts) >= charts, title
+        finally:
+            context.close()
+
+
+def test_sidebar_choices_survive_the_navigation(server, page):
+    """Model, layer and head chosen in the sidebar of one page are kept on every page reached by the
+    sidebar's links (and back)."""
+    page.goto(f"{server['url']}/position_indices")
     wait_idle(page)
-    assert_no_exception(page, "deep link")
-    assert page.locator("[data-testid='stDialog']").count() == 0, "a dialog (e.g. 'Page not found') is open"
-    assert page.locator("[data-testid='stSidebarNavLink']").count() == len(PAGES) + 1
-    assert page.get_by_text("Current model").count() >= 1
-    assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]
+    choose_in_sidebar(page, "Current model", "Fresh model · digits preset")
+    choose_in_sidebar(page, "Layer", "1")
+    choose_in_sidebar(page, "Head", "2")
+    for title in [*PAGES, "Home", "Position indices"]:
+        open_from_sidebar(page, title)
+        assert_no_exception(page, title)
+        shown = [sidebar_choice(page, label) for label in ("Current model", "Layer", "Head")]
+        assert shown == ["Fresh model · digits preset", "1", "2"], (title, shown)
+    open_from_sidebar(page, "Attention maps")
+    assert page.get_by_text("layer 1 · head 2").count() >= 1  # the page uses the kept choice
 
 
 def test_every_page_from_the_sidebar(server, page):
     page.goto(server["url"])
     wait_idle(page)
     assert_no_exception(page, "home")
-    assert page.locator("[data-testid='stSidebarNavLink']").count() == len(PAGES) + 1
+    assert_frame(page, "Relative position bias, seen and trained", "home")
     shot(page, "0_home")
-    for i, (title, (_path, charts)) in enumerate(PAGES.items(), start=1):
+    for i, (title, (path, charts)) in enumerate(PAGES.items(), start=1):
         open_from_sidebar(page, title)
         assert_no_exception(page, title)
+        assert_frame(page, title, title)
+        assert page.url.endswith(f"/{path}"), page.url
         assert wait_charts(page, charts) >= charts, title
-        shot(page, f"{i}_{title.split()[0].lower()}")
+        shot(page, f"{i}_{path}")
 
 
 def test_hover_decodes_a_cell(server, page):
@@ -233,8 +298,8 @@ def test_largest_window(server, page):
     assert wait_charts(page, 2) >= 2
     shot(page, "1_indices_largest")
     open_from_sidebar(page, "Bias explorer")
-    set_number(page, "Window height", MAX_WINDOW_SIDE)
-    set_number(page, "Window width", MAX_WINDOW_SIDE)
+    set_number(page, "Window height h", MAX_WINDOW_SIDE)
+    set_number(page, "Window width w", MAX_WINDOW_SIDE)
     set_number(page, "Heads", MAX_HEADS)
     assert_no_exception(page, "bias 32x32x16")
     assert wait_charts(page, PAGES["Bias explorer"][1]) >= PAGES["Bias explorer"][1]

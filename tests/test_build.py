@@ -6,16 +6,22 @@ import pytest
 import torch
 from PIL import Image
 
-from relpos.data import build_dataset
+from relpos.data import build_dataset as _build_dataset
+from relpos.data.build import resolve_data
 from relpos.data.digits import DigitsDataset
-from relpos.experiments.config import ConfigError
+from relpos.experiments.config import ConfigError, resolve_config
+
+
+def build_dataset(cfg, split):
+    """build_dataset takes a resolved config: resolve the partial ones these tests write."""
+    return _build_dataset(resolve_config(cfg), split)
 
 
 def test_relational_split_is_disjoint_and_seeded():
     cfg = {"seed": 4, "data": {"num_train": 20, "num_val": 10}}
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert len(train) == 20 and len(val) == 10 and train.classes[0] == "east"
-    assert train.indices == list(range(20)) and val.indices == list(range(20, 30))
+    assert list(train.indices) == list(range(20)) and list(val.indices) == list(range(20, 30))
     again = build_dataset(cfg, "train")
     assert torch.equal(train[3][0], again[3][0])
     other = build_dataset({**cfg, "seed": 5}, "train")
@@ -45,3 +51,24 @@ def test_synthetic_and_folder(tmp_path):
         build_dataset(cfg, "test")
     with pytest.raises(ConfigError, match="data.root"):
         build_dataset({"data": {"dataset": "folder", "root": str(tmp_path / "nope")}}, "train")
+
+
+def test_build_dataset_refuses_an_unresolved_config():
+    with pytest.raises(ValueError, match=r"data.in_channels, data.num_classes, data.num_train, data.num_val"):
+        _build_dataset({"seed": 0, "data": {"dataset": "relational", "img_size": 16, "patch_size": 4}}, "val")
+    with pytest.raises(ValueError, match="resolved config"):
+        _build_dataset({"data": {}}, "val")
+
+
+def test_resolve_data_fills_the_dataset_defaults():
+    base = resolve_config({})["data"]
+    unresolved = {**base, "in_channels": None, "num_classes": None, "num_train": None, "num_val": None}
+    out = resolve_data(unresolved)
+    assert (out["in_channels"], out["num_classes"], out["num_train"], out["num_val"]) == (3, 4, 8192, 1024)
+    assert unresolved["num_train"] is None  # not modified
+    digits = resolve_data({**unresolved, "dataset": "digits", "img_size": 8, "patch_size": 2})
+    assert (digits["in_channels"], digits["num_classes"], digits["num_train"], digits["num_val"]) == (1, 10, 1438, 359)
+    with pytest.raises(ValueError, match="data.num_classes = 5 is not allowed: 4 or 8 for dataset relational"):
+        resolve_data({**unresolved, "num_classes": 5})
+    with pytest.raises(ValueError, match="data.in_channels = 3 is not allowed: 1 for dataset digits"):
+        resolve_data({**unresolved, "dataset": "digits", "in_channels": 3})

@@ -118,6 +118,7 @@ def test_timm_beit_safetensors_shared_and_per_block(tmp_path):
     report = import_checkpoint(path)
     (t,) = report.tables
     assert t.layer is None and t.has_cls_rows and t.window_size == (4, 4) and t.num_heads == 2
+    assert t.kind == "table" and t.bias_type == "2d_cls"
     assert by_key(report)["rel_pos_bias.relative_position_bias_table"].action == "mapped"
 
     data = io.BytesIO()
@@ -160,6 +161,11 @@ def test_load_refuses_bad_files(tmp_path):
 
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"model": Evil()}, protocol=2))
+    with pytest.raises(ValueError, match="evil.pth is not a zip-format torch file"):  # legacy: never unpickled
+        load_state_dict(path)
+    buf = io.BytesIO()
+    torch.save({"model": Evil()}, buf)  # the same payload in torch's zip format: weights_only refuses it
+    path.write_bytes(buf.getvalue())
     with pytest.raises(pickle.UnpicklingError):
         load_state_dict(path)
 
@@ -236,7 +242,7 @@ def test_swin_v2_cpb_mlp_into_cpb_model():
     }
     report = inspect_state_dict(sd)
     (t,) = report.tables
-    assert t.kind == "cpb" and t.num_heads == 2 and t.source == "HF Swin V2"
+    assert t.kind == "mlp" and t.bias_type == "cpb" and t.num_heads == 2 and t.source == "HF Swin V2"
     model = tiny_vit(depth=1, rpb_kwargs={"bias_type": "cpb", "cpb_hidden_dim": 16})
     (a,) = import_into(model, report)
     assert a.action == "mapped"

@@ -27,6 +27,9 @@ from relpos.models.transformer import VisionTransformer
 from relpos.relative_position import RelativePositionBias
 
 MB = 1024 * 1024
+#: The ViT sizes estimate_model_memory needs (ViT-B/16 on ImageNet, the VisionTransformer defaults).
+VIT_B = dict(img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768, depth=12, num_heads=12,
+             mlp_ratio=4.0)
 
 
 def test_bias_estimate_matches_the_tensors_it_counts():
@@ -63,14 +66,17 @@ def test_model_estimate_counts_parameters_exactly():
     kwargs = dict(img_size=16, patch_size=4, in_channels=3, num_classes=5, embed_dim=24, depth=2, num_heads=3,
                   mlp_ratio=2.0)
     for extra in ({}, {"use_relative_position": True}, {"class_token": True, "use_relative_position": True,
-                                                         "bias_type": "2d_cls"}):
-        vit_extra = {k: v for k, v in extra.items() if k != "bias_type"}
-        rpb_kwargs = {"bias_type": extra["bias_type"]} if "bias_type" in extra else None
-        model = VisionTransformer(**kwargs, **vit_extra, rpb_kwargs=rpb_kwargs)
+                                                         "rpb_kwargs": {"bias_type": "2d_cls"}}):
+        model = VisionTransformer(**kwargs, **extra)
         n_params = sum(p.numel() for p in model.parameters())
         rpb_params = sum(p.numel() for m in model.relative_position_biases() for p in m[1].parameters())
         est = estimate_model_memory(**kwargs, **extra)
         assert est.breakdown["parameters"] == (n_params - rpb_params) * 4, extra
+        if model.use_relative_position:  # one bias per block (depth 2), each as its module says
+            one = model.relative_position_biases()[0][1]
+            assert one.window_size == (4, 4)
+            expected = estimate_bias_memory(3, one.window_size, bias_type=one.bias_type)
+            assert est.breakdown["relative position biases"] == 2 * expected.total, extra
     train = estimate_model_memory(**kwargs, batch_size=8, training=True)
     infer = estimate_model_memory(**kwargs, batch_size=8)
     assert train.breakdown["optimizer state (AdamW)"] == 2 * train.breakdown["parameters"]
@@ -131,8 +137,10 @@ def test_budget_env_override_and_context(monkeypatch):
         (lambda: estimate_bias_memory(2, (3, 3), bias_type="3d"), ValueError, "bias_type"),
         (lambda: estimate_bias_memory(2, "ab"), TypeError, "window_size"),
         (lambda: estimate_attention_maps_memory(1.5, 2, 3), TypeError, "batch_size"),
-        (lambda: estimate_model_memory(embed_dim=-1), ValueError, "embed_dim"),
-        (lambda: estimate_model_memory(mlp_ratio=float("nan")), ValueError, "mlp_ratio"),
+        (lambda: estimate_model_memory(**{**VIT_B, "embed_dim": -1}), ValueError, "embed_dim"),
+        (lambda: estimate_model_memory(**{**VIT_B, "mlp_ratio": float("nan")}), ValueError, "mlp_ratio"),
+        (lambda: estimate_model_memory(embed_dim=8), TypeError, r"missing \['img_size'"),
+        (lambda: estimate_model_memory(**VIT_B, bias_type="2d"), TypeError, r"unknown \['bias_type'\]"),
         (lambda: estimate_memory("gpu"), ValueError, "kind"),
         (lambda: check_budget("1 GB"), TypeError, "estimate"),
         (lambda: check_budget(-1), ValueError, "estimate"),
@@ -152,7 +160,7 @@ def test_check_helpers():
         with pytest.raises(ResourceLimitError, match="RelativePositionBias"):
             check_bias_budget(4, (64, 64))
         with pytest.raises(ResourceLimitError, match="VisionTransformer"):
-            check_model_budget(embed_dim=1024, depth=24, num_heads=16)
+            check_model_budget(**{**VIT_B, "embed_dim": 1024, "depth": 24, "num_heads": 16})
 
 
 def test_format_and_sum():

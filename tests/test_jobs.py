@@ -84,18 +84,6 @@ def wait_state(run_dir, states, timeout=30.0):
     raise AssertionError(f"{run_dir} did not reach {states}: {rundir.read_status(run_dir)}")
 
 
-def test_sanitize_name():
-    assert jobs.sanitize_name("my run/../../etc") == "my-run-..-..-etc"
-    assert "/" not in jobs.sanitize_name("a/b")
-    assert jobs.sanitize_name("..") == "run"
-    assert jobs.sanitize_name("") == "run"
-    assert jobs.sanitize_name(None) == "run"
-    assert jobs.sanitize_name("ok_name-1.2") == "ok_name-1.2"
-    assert len(jobs.sanitize_name("x" * 500)) <= 48
-    with pytest.raises(TypeError, match="name"):
-        jobs.sanitize_name(3)
-
-
 def test_override_args():
     assert jobs._override_args({"train.epochs": 2, "model.use_relative_position": False}) == [
         "train.epochs=2",
@@ -123,7 +111,7 @@ def test_preset_path(tmp_path):
 def test_start_run_reaches_done(fake_trainer, runs_root):
     run_dir = jobs.start_run(fake_trainer, {"train.epochs": 3}, runs_root=runs_root, name="a b")
     assert run_dir.parent == runs_root.resolve()
-    assert run_dir.name.endswith("-a-b")
+    assert run_dir.name.startswith("a-b-")
     status = wait_state(run_dir, {"done"})
     assert status["sets"] == ["train.epochs=3"]
     rows = jobs.list_runs(runs_root)
@@ -131,46 +119,47 @@ def test_start_run_reaches_done(fake_trainer, runs_root):
     assert rows[0]["state"] == "done" and rows[0]["progress"] == 1.0
     assert rows[0]["accuracy"] == pytest.approx(0.75)
     assert "fake trainer started" in jobs.log_tail(run_dir)
-    # The finished child was reaped by list_runs: no zombie left behind.
+    # The finished child is reaped by the launcher (a waiter thread): no zombie left behind.
     pid = jobs.run_pid(run_dir)
+
+    def zombie() -> bool:
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        return False
+
     deadline = time.monotonic() + 10
-    while pid in jobs._CHILDREN and time.monotonic() < deadline:
-        jobs.list_runs(runs_root)
+    while zombie() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert pid not in jobs._CHILDREN
-    assert not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert not zombie()
 
 
-def test_concurrency_limit_and_unique_dirs(fake_trainer, runs_root, monkeypatch):
+def test_concurrency_limit_queues_and_unique_dirs(fake_trainer, runs_root, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "forever")
     first = jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
     second = jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
     assert first != second
-    with pytest.raises(jobs.RunLimitError, match="limit 2"):
-        jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)
-    for d in (first, second):
+    third = jobs.start_run(fake_trainer, runs_root=runs_root, name="same", max_concurrent=2)  # not refused
+    assert jobs.run_pid(third) is None and jobs.run_info(third)["queue_position"] == 1
+    assert jobs.cancel_run(first, grace=5)["state"] == "cancelled"
+    assert jobs.run_pid(third) is not None  # the freed slot went to the queued run
+    for d in (second, third):
         assert jobs.cancel_run(d, grace=5)["state"] == "cancelled"
-    third = jobs.start_run(fake_trainer, runs_root=runs_root, max_concurrent=2)
-    jobs.cancel_run(third, grace=5)
 
 
 def test_concurrent_starts_never_share_a_dir(fake_trainer, runs_root, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "forever")
-    results, errors = [], []
+    results = []
 
     def start():
-        try:
-            results.append(jobs.start_run(fake_trainer, runs_root=runs_root, name="race", max_concurrent=2))
-        except jobs.RunLimitError as exc:
-            errors.append(exc)
+        results.append(jobs.start_run(fake_trainer, runs_root=runs_root, name="race", max_concurrent=2))
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(results) == 2 and len(errors) == 2
-    assert len(set(results)) == 2
+    assert len(set(results)) == 4
+    assert sorted(jobs.run_pid(d) is not None for d in results) == [False, False, True, True]
     for d in results:
         jobs.cancel_run(d, grace=5)
 
@@ -219,19 +208,26 @@ def test_reconcile_marks_dead_runs_failed(fake_trainer, runs_root, monkeypatch):
     assert jobs.reconcile_runs(runs_root) == []  # idempotent
 
 
-def test_reconcile_dead_pid_and_stale_queue(runs_root):
+def test_reconcile_dead_pid_and_old_queue(runs_root, monkeypatch):
+    monkeypatch.setenv(jobs.runqueue.MAX_RUNS_ENV, "1")
     runs_root.mkdir()
     dead = runs_root / "dead"
     rundir.update_status(dead, state="running", created_at=time.time())
     rundir.atomic_write_json(dead / jobs.PROCESS_FILE, {"pid": 2**22 + 12345})
+    launched = runs_root / "launched"  # handed to a trainer that died before writing anything
+    rundir.update_status(launched, state="queued", created_at=time.time(), launched_at=time.time())
+    rundir.atomic_write_json(launched / jobs.PROCESS_FILE, {"pid": 2**22 + 12346})
     fresh = runs_root / "fresh"
     rundir.update_status(fresh, state="queued", created_at=time.time())
-    stale = runs_root / "stale"
-    rundir.update_status(stale, state="queued", created_at=time.time() - 3600)
+    old = runs_root / "old"  # queued an hour ago: still waiting, not dead (its config is gone)
+    rundir.update_status(old, state="queued", created_at=time.time() - 3600)
     done = runs_root / "finished"
     rundir.update_status(done, state="done", created_at=time.time())
-    assert sorted(jobs.reconcile_runs(runs_root)) == ["dead", "stale"]
-    assert rundir.read_status(fresh)["state"] == "queued"
+    assert sorted(jobs.reconcile_runs(runs_root)) == ["dead", "launched"]
+    # The freed slot went to the oldest queued run, which cannot start without a config.
+    assert rundir.read_status(old)["state"] == "failed"
+    assert "could not start the trainer" in rundir.read_status(old)["error"]
+    assert rundir.read_status(fresh)["state"] == "failed"  # next in line, same fate
     assert rundir.read_status(done)["state"] == "done"
     assert "ended without" in rundir.read_status(dead)["error"]
 
@@ -273,7 +269,8 @@ def test_real_trainer_tiny_reaches_done(runs_root):
 def test_run_survives_the_death_of_the_app_that_started_it(fake_trainer, runs_root, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "done")
     launcher = (
-        "import sys, time; from relpos import jobs; jobs.TRAIN_MODULE = 'fake_train'; "
+        "import sys, time; from relpos import jobs; from relpos.experiments import runproc; "
+        "runproc.TRAIN_MODULE = 'fake_train'; "
         f"d = jobs.start_run({str(fake_trainer)!r}, runs_root={str(runs_root)!r}); "
         "print(d, flush=True); time.sleep(60)"
     )
@@ -291,3 +288,66 @@ def test_run_survives_the_death_of_the_app_that_started_it(fake_trainer, runs_ro
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(app.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- checkpoints and uploads
+
+
+def test_save_upload_rejects_bad_files(tmp_path):
+    import io
+
+    import torch
+
+    with pytest.raises(ValueError, match="limit"):
+        jobs.save_upload(b"x" * 11, "a.pt", tmp_path, max_bytes=10)
+    with pytest.raises(ValueError, match=".pt or .pth"):
+        jobs.save_upload(b"x", "a.exe", tmp_path)
+    with pytest.raises(ValueError, match="weights_only"):
+        jobs.save_upload(b"garbage", "a.pt", tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"x": Evil()}, buf)
+    with pytest.raises(ValueError, match="weights_only"):
+        jobs.save_upload(buf.getvalue(), "../../evil.pt", tmp_path)
+    buf = io.BytesIO()
+    torch.save([1, 2], buf)
+    with pytest.raises(ValueError, match="not a relpos checkpoint"):
+        jobs.save_upload(buf.getvalue(), "list.pt", tmp_path)
+    assert not (tmp_path.parent / "evil.pt").exists()
+    uploads = tmp_path / jobs.UPLOADS_DIR
+    assert not uploads.exists() or list(uploads.iterdir()) == []  # nothing left behind
+
+
+def test_save_upload_stores_a_checkpoint_under_a_safe_new_name(tmp_path):
+    from relpos.experiments.checkpoint import save_checkpoint
+    from relpos.experiments.config import fresh_model, preset_config
+
+    cfg = preset_config("tiny")
+    path = tmp_path / "src.pt"
+    save_checkpoint(fresh_model(cfg), None, 0, {}, path, config=cfg)
+    first = jobs.save_upload(path.read_bytes(), "../My Model.pth", tmp_path / "runs")
+    second = jobs.save_upload(path.read_bytes(), "My Model.pt", tmp_path / "runs")
+    assert first == tmp_path / "runs" / jobs.UPLOADS_DIR / "My-Model.pt"
+    assert second.name == "My-Model-2.pt" and first.read_bytes() == path.read_bytes()
+    assert sorted(r["label"] for r in jobs.list_checkpoints(tmp_path / "runs")) == ["uploads/My-Model-2.pt",
+                                                                                   "uploads/My-Model.pt"]
+
+
+def test_list_checkpoints(tmp_path):
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "best.pt").write_bytes(b"a")
+    (tmp_path / "run1" / "notes.txt").write_bytes(b"a")
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "mine.pt").write_bytes(b"b")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.pt"
+    outside.write_bytes(b"c")
+    (tmp_path / "uploads" / "link.pt").symlink_to(outside)
+    rows = jobs.list_checkpoints(tmp_path)
+    assert sorted(r["label"] for r in rows) == ["run1/best.pt", "uploads/mine.pt"]
+    assert {r["kind"] for r in rows} == {"run", "upload"}
+    assert next(r for r in rows if r["kind"] == "run")["run"] == "run1"
+    assert jobs.list_checkpoints(tmp_path / "missing") == []

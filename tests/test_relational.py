@@ -1,4 +1,4 @@
-"""The relational task: labels checked against the definition, determinism, shapes, colours."""
+"""The relational task: labels checked against the definition, determinism, shapes, colours, regions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from relpos.data.relational import DIRECTION_NAMES, RelationalDataset, direction_label
+from relpos.data.build import build_dataset
+from relpos.data.relational import DIRECTION_NAMES, RelationalDataset, check_region, direction_label
+from relpos.experiments.config import ConfigError, resolve_config
 
 
 def _reference_label(dy: int, dx: int, k: int) -> int:
@@ -79,3 +81,62 @@ def test_noise_and_bad_arguments():
         RelationalDataset(4, img_size=6, mark_size=3)
     with pytest.raises(IndexError):
         RelationalDataset(4)[4]
+
+
+# ----------------------------------------------------------------------------- placement regions (labs)
+
+
+def _mark_columns_rows(image: torch.Tensor) -> tuple[set[int], set[int]]:
+    lit = image.abs().sum(dim=0).nonzero()  # (k, 2) as (y, x) of every lit pixel
+    return {int(x) for x in lit[:, 1]}, {int(y) for y in lit[:, 0]}
+
+
+def test_a_region_places_every_mark_pixel_inside_it():
+    ds = RelationalDataset(200, img_size=16, mark_size=2, seed=4, region={"cols": [6, 16], "rows": [2, 11]})
+    assert ds.region == {"cols": [6, 16], "rows": [2, 11]}
+    cols, rows = set(), set()
+    for i in range(len(ds)):
+        image, label = ds[i]
+        c, r = _mark_columns_rows(image)
+        assert len(c) >= 2 and min(c) >= 6 and max(c) <= 15 and min(r) >= 2 and max(r) <= 10, i
+        ya, xa, yb, xb = ds.positions(i)
+        assert int(label) == direction_label(ya - yb, xb - xa, 4)
+        cols |= c
+        rows |= r
+    assert cols == set(range(6, 16)) and rows == set(range(2, 11))  # the whole region is used
+    assert {int(ds[i][1]) for i in range(len(ds))} == {0, 1, 2, 3}  # every direction still occurs
+
+
+def test_columns_only_region_and_no_region_keep_the_old_samples():
+    left = RelationalDataset(50, img_size=16, seed=0, region=[0, 10])
+    assert left.region == {"cols": [0, 10], "rows": [0, 16]}
+    assert all(max(_mark_columns_rows(left[i][0])[0]) <= 9 for i in range(50))
+    plain, whole = RelationalDataset(50, img_size=16, seed=0), RelationalDataset(50, img_size=16, seed=0, region=[0, 16])
+    assert plain.region is None and all(plain.positions(i) == whole.positions(i) for i in range(50))
+
+
+@pytest.mark.parametrize(
+    ("region", "match"),
+    [([0, 4], r"at least 2 \* mark_size \+ 1 = 5"), ([3, 17], "stop <= 16"), ([5, 5], "start < stop"),
+     ([0.5, 9], "two ints"), ({"cols": [0, 9], "x": [0, 2]}, "cols: "), ("left", "null"),
+     ({"rows": [0, 3]}, "rows .0, 3. is 3 pixels")],
+)
+def test_bad_regions_are_refused_naming_the_key(region, match):
+    with pytest.raises(ValueError, match=r"^region = .*" + match):
+        RelationalDataset(4, img_size=16, mark_size=2, region=region)
+    assert check_region("data.val_region", None, 16, 2) is None
+
+
+def test_regions_in_the_config_and_the_splits():
+    cfg = resolve_config({"data": {"num_train": 64, "num_val": 32, "train_region": [0, 10],
+                                   "val_region": {"cols": [6, 16]}}})
+    assert cfg["data"]["val_region"] == {"cols": [6, 16], "rows": [0, 16]} and resolve_config(cfg) == cfg
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert all(max(_mark_columns_rows(train[i][0])[0]) <= 9 for i in range(len(train)))
+    assert all(min(_mark_columns_rows(val[i][0])[0]) >= 6 for i in range(len(val)))
+    with pytest.raises(ConfigError, match=r"data\.train_region = \[0, 4\] is not allowed: cols"):
+        resolve_config({"data": {"train_region": [0, 4]}})
+    with pytest.raises(ConfigError, match=r"data\.val_region = .* null unless data\.dataset is relational"):
+        resolve_config({"data": {"dataset": "digits", "val_region": [0, 8]}})
+    with pytest.raises(ConfigError, match=r"data\.train_region"):  # checked against the image it must fit
+        resolve_config({"data": {"img_size": 8, "patch_size": 2, "train_region": [0, 10]}})

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from relpos import explore, jobs
+from relpos import explore, geometry, jobs
 from relpos.experiments import rundir
 from relpos.experiments.checkpoint import (
     CheckpointError,
@@ -239,10 +239,10 @@ def test_hostile_checkpoints_are_refused_and_run_nothing(tmp_path):
             assert str(path) in str(err.value), (name, reader, str(err.value))
             outcomes[(name, reader)] = str(err.value)
         with pytest.raises(ValueError) as err:  # the app's upload path
-            explore.save_upload(data, f"{name}.pt", uploads)
+            jobs.save_upload(data, f"{name}.pt", uploads)
         assert f"{name}.pt" in str(err.value), str(err.value)
         assert not marker.exists(), f"payload {name} ran"
-    assert not (uploads / explore.UPLOADS_DIR).is_dir() or not list((uploads / explore.UPLOADS_DIR).iterdir())
+    assert not (uploads / jobs.UPLOADS_DIR).is_dir() or not list((uploads / jobs.UPLOADS_DIR).iterdir())
     assert "weights_only" in outcomes[("pickle-system-in-torch-zip", "read_checkpoint")]
     assert "does not fit" in outcomes[("wrong-model", "load_checkpoint")]
     assert "format_version" in outcomes[("newer-format", "read_checkpoint")]
@@ -260,7 +260,7 @@ def test_a_checkpoint_whose_config_describes_a_huge_model_is_refused_before_it_i
     with pytest.raises(CheckpointError, match="memory"):
         load_model_from_checkpoint(path)
     with pytest.raises(ValueError, match="memory"):
-        explore.save_upload(path.read_bytes(), "huge.pt", tmp_path / "runs")
+        jobs.save_upload(path.read_bytes(), "huge.pt", tmp_path / "runs")
 
 
 def test_the_import_page_reader_refuses_hostile_files(tmp_path):
@@ -293,9 +293,9 @@ def test_hostile_upload_names_and_sizes(tmp_path):
     root = tmp_path / "runs"
     stored = []
     for name in ("../../evil.pt", "/etc/passwd.pt", "..\\..\\win.pt", "a/b/c.pt", ".hidden.pt", "\x00.pt", "x..pt"):
-        dest = explore.save_upload(good, name, root)
+        dest = jobs.save_upload(good, name, root)
         stored.append(dest)
-        assert dest.parent == root / explore.UPLOADS_DIR and not dest.name.startswith("."), dest
+        assert dest.parent == root / jobs.UPLOADS_DIR and not dest.name.startswith("."), dest
     assert len({p.name for p in stored}) == len(stored)  # never overwritten
     assert not (tmp_path / "evil.pt").exists()
     for name, data, words in (
@@ -305,15 +305,15 @@ def test_hostile_upload_names_and_sizes(tmp_path):
         ("x.pt", good, "limit"),
     ):
         with pytest.raises(ValueError, match=words):
-            explore.save_upload(data, name, root, max_bytes=len(good) - 1 if words == "limit" else len(good))
+            jobs.save_upload(data, name, root, max_bytes=len(good) - 1 if words == "limit" else len(good))
     # a symlinked uploads folder pointing out of the root is refused
     other = tmp_path / "other_root"
     other.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    os.symlink(outside, other / explore.UPLOADS_DIR)
+    os.symlink(outside, other / jobs.UPLOADS_DIR)
     with pytest.raises(ValueError, match="symlink"):
-        explore.save_upload(good, "x.pt", other)
+        jobs.save_upload(good, "x.pt", other)
     assert not list(outside.iterdir())
 
 
@@ -407,7 +407,8 @@ def _model():
 
 def _bad_args_table():
     import relpos
-    from relpos import guards, paths
+    from relpos import _fileio as paths
+    from relpos import guards
     from relpos.experiments import checkpoint as ck
 
     rpb2 = lambda: relpos.RelativePositionBias(2, (3, 3))  # noqa: E731
@@ -538,20 +539,21 @@ def _bad_args_table():
         ("cancel outside", jobs.cancel_run, {"run_dir": "/tmp", "runs_root": "/var"}, ValueError, "run_dir"),
         ("cancel grace", jobs.cancel_run, {"run_dir": "/tmp", "grace": -1}, ValueError, "grace"),
         ("log_tail lines", jobs.log_tail, {"run_dir": "/tmp", "lines": 0}, ValueError, "lines"),
-        ("sanitize type", jobs.sanitize_name, {"name": 3}, TypeError, "name"),
+        ("sanitize type", paths.sanitize_name, {"name": 3}, TypeError, "name"),
         ("reconcile type", jobs.reconcile_runs, {"runs_root": 3}, TypeError, "runs_root"),
         # guards and paths
         ("budget", guards.check_budget, {"estimate": "lots"}, TypeError, "estimate"),
         ("safe_join", paths.safe_join, {"root": "/tmp", "name": "../x"}, ValueError, "'../x'"),
         ("safe_join nul", paths.safe_join, {"root": "/tmp", "name": "\x00"}, ValueError, "NUL"),
         # app helpers
-        ("upload type", explore.save_upload, {"data": "text", "filename": "x.pt", "runs_root": "/tmp"}, TypeError,
+        ("upload type", jobs.save_upload, {"data": "text", "filename": "x.pt", "runs_root": "/tmp"}, TypeError,
          "data"),
-        ("upload name type", explore.save_upload, {"data": b"", "filename": None, "runs_root": "/tmp"}, TypeError,
+        ("upload name type", jobs.save_upload, {"data": b"", "filename": None, "runs_root": "/tmp"}, TypeError,
          "filename"),
-        ("index_matrix size", explore.index_matrix, {"bias_type": "2d", "size": (0, 3)}, ValueError, ""),
-        ("index_matrix huge", explore.index_matrix, {"bias_type": "2d", "size": (10**4, 10**4)}, ValueError, ""),
-        ("index_matrix type", explore.index_matrix, {"bias_type": "9d", "size": 3}, ValueError, "bias_type"),
+        ("app size", explore.check_app_size, {"size": (0, 3)}, ValueError, "window_size"),
+        ("app size huge", explore.check_app_size, {"size": (10**4, 10**4)}, ValueError, "window_size"),
+        ("index size", geometry.relative_position_index, {"size": (0, 3)}, ValueError, "size"),
+        ("index type", geometry.relative_position_index, {"size": "3"}, TypeError, "size"),
     ]
     return rows
 
@@ -623,7 +625,8 @@ def fake_jobs(tmp_path, monkeypatch):
 
 
 def _check_one_writer_per_dir(root: Path) -> list[Path]:
-    dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    """The run dirs that got a process (each exactly one, none shared); queued ones have none."""
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / jobs.PROCESS_FILE).exists())
     pids = []
     for d in dirs:
         writers = (d / "writers.log").read_text().split() if (d / "writers.log").exists() else []
@@ -643,21 +646,18 @@ def test_concurrent_start_clicks_in_threads(fake_jobs, monkeypatch):
 
     def click(k: int) -> None:
         barrier.wait()
-        try:
-            results[k] = jobs.start_run(config, runs_root=root, name="same name", max_concurrent=2)
-        except jobs.RunLimitError as exc:
-            results[k] = exc
+        results[k] = jobs.start_run(config, runs_root=root, name="same name", max_concurrent=2)
 
     threads = [threading.Thread(target=click, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    started = [r for r in results if isinstance(r, Path)]
-    refused = [r for r in results if isinstance(r, jobs.RunLimitError)]
-    assert len(started) == 2 and len(refused) == 2, results
-    assert all("limit 2" in str(r) for r in refused)
-    assert len({p.name for p in started}) == 2
+    assert all(isinstance(r, Path) for r in results) and len({p.name for p in results}) == 4, results
+    started = [r for r in results if jobs.run_pid(r) is not None]
+    queued = [r for r in results if jobs.run_pid(r) is None]  # over the limit: queued, not refused
+    assert len(started) == 2 and len(queued) == 2, results
+    assert sorted(jobs.run_info(r)["queue_position"] for r in queued) == [1, 2]
     for d in started:
         wait_for(lambda d=d: (rundir.read_status(d) or {}).get("state") == "running", 30, what=f"{d} running")
     assert _check_one_writer_per_dir(root) == sorted(started)
@@ -668,14 +668,12 @@ CLICKER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     from relpos import jobs
-    jobs.TRAIN_MODULE = "fake_train_rel"
+    from relpos.experiments import runproc
+    runproc.TRAIN_MODULE = "fake_train_rel"
     go = Path(sys.argv[3])
     while not go.exists():
         time.sleep(0.005)
-    try:
-        print("STARTED", jobs.start_run(sys.argv[1], runs_root=sys.argv[2], name="same", max_concurrent=2))
-    except jobs.RunLimitError as exc:
-        print("REFUSED", exc)
+    print("STARTED", jobs.start_run(sys.argv[1], runs_root=sys.argv[2], name="same", max_concurrent=2))
     """
 )
 
@@ -689,10 +687,11 @@ def test_concurrent_start_clicks_from_separate_processes(fake_jobs, tmp_path, pr
     time.sleep(1.0)  # let every interpreter reach the spin loop
     go.touch()
     outs = [finish(p, 60) for p in clickers]
-    started = [o for o in outs if o.startswith("STARTED")]
-    refused = [o for o in outs if o.startswith("REFUSED")]
-    assert len(started) == 2 and len(refused) == 2, outs
-    dirs = [Path(o.split(maxsplit=1)[1].strip()) for o in started]
+    assert all(o.startswith("STARTED") for o in outs), outs
+    made = [Path(o.split(maxsplit=1)[1].strip()) for o in outs]
+    assert len(set(made)) == 4  # over the limit: queued, not refused
+    dirs = [d for d in made if jobs.run_pid(d) is not None]
+    assert len(dirs) == 2, outs
     for d in dirs:
         wait_for(lambda d=d: (rundir.read_status(d) or {}).get("state") in ("running", "done"), 30)
     assert _check_one_writer_per_dir(root) == sorted(dirs)
@@ -734,8 +733,8 @@ def _dead_pid() -> int:
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
 APP = str(ROOT / "app.py")
-PAGES = ["app_pages/1_position_indices.py", "app_pages/2_bias_explorer.py", "app_pages/3_attention_maps.py",
-         "app_pages/4_train.py", "app_pages/5_checkpoints.py"]
+PAGES = ["pages/1_position_indices.py", "pages/2_bias_explorer.py", "pages/3_attention_maps.py",
+         "pages/4_train.py", "pages/5_checkpoints.py"]
 
 
 @pytest.fixture
@@ -890,7 +889,7 @@ def test_server_listens_on_localhost_with_request_protection():
     server = cfg["server"]
     assert server["address"] in ("localhost", "127.0.0.1")
     assert server.get("enableXsrfProtection", True) is True and server.get("enableCORS", True) is True
-    assert 0 < server["maxUploadSize"] <= explore.MAX_UPLOAD_BYTES // (1024 * 1024)
+    assert 0 < server["maxUploadSize"] <= jobs.MAX_UPLOAD_BYTES // (1024 * 1024)
     assert cfg["client"]["showErrorDetails"] in ("none", False)  # no tracebacks in the browser
 
 
@@ -904,9 +903,9 @@ def test_symlinks_out_of_the_runs_folder_are_never_followed(tmp_path):
     rundir.update_status(real, state="done", created_at=time.time())
     os.symlink(secret_run, root / "20260101-000002-link")  # a run dir that is a symlink out
     os.symlink(secret_run / "best.pt", real / "best.pt")  # a checkpoint that is a symlink out
-    os.symlink(outside, root / explore.UPLOADS_DIR)  # an uploads folder that is a symlink out
+    os.symlink(outside, root / jobs.UPLOADS_DIR)  # an uploads folder that is a symlink out
     assert [r["name"] for r in jobs.list_runs(root)] == [real.name]
-    assert explore.list_checkpoints(root) == []
+    assert jobs.list_checkpoints(root) == []
     with pytest.raises(ValueError, match="symlink"):
         jobs.cancel_run(root / "20260101-000002-link", runs_root=root)
     assert jobs.reconcile_runs(root) == []

@@ -1,8 +1,7 @@
-"""The training engine: seed functions, fit (files, status, exact resume), the CLI, SIGTERM."""
+"""fit (files, status, exact resume), the CLI, SIGTERM; the epoch engine is in test_engine.py."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -12,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from relpos.data import build_dataset
 from relpos.diagnostics import bias_diagnostics
@@ -21,74 +18,13 @@ from relpos.experiments.checkpoint import load_model_from_checkpoint, read_check
 from relpos.experiments.config import apply_overrides
 from relpos.experiments.config_utils import load_config
 from relpos.experiments.rundir import read_metrics, read_status, update_status
-from relpos.experiments.train import ResumableSampler, evaluate, fit, lr_at_step, train_epoch
+from relpos.experiments.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _toy(n=24, bs=8):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 5, generator=g), torch.randint(3, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=bs), x, y
-
-
-def test_train_epoch_steps_and_reports_means():
-    loader, x, y = _toy()
-    model = nn.Linear(5, 3)
-    ref = nn.Linear(5, 3)
-    ref.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    seen = []
-    out = train_epoch(model, loader, nn.CrossEntropyLoss(), opt, "cpu", 0, progress=seen.append)
-    # reference: the same loop by hand
-    losses, correct = [], 0
-    for xb, yb in loader:
-        logits = ref(xb)
-        loss = nn.functional.cross_entropy(logits, yb)
-        correct += int((logits.argmax(1) == yb).sum())
-        ref_opt.zero_grad()
-        loss.backward()
-        ref_opt.step()
-        losses.append(float(loss.detach()))
-    assert out["steps"] == 3 and len(seen) == 3 and seen[-1]["batch"] == 3
-    assert math.isclose(out["loss"], sum(losses) / 3, rel_tol=1e-6)
-    assert math.isclose(out["accuracy"], correct / 24) and 0 <= out["accuracy"] <= 1
-    assert torch.allclose(model.weight, ref.weight) and model.training
-    stopped = train_epoch(model, loader, nn.CrossEntropyLoss(), opt, "cpu", 1, should_stop=lambda: True)
-    assert stopped["stopped"] and stopped["steps"] == 1
-
-
-def test_evaluate_matches_reference_without_gradients():
-    loader, x, y = _toy()
-    model = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5))
-    model.train()
-    out = evaluate(model, loader, nn.CrossEntropyLoss(), "cpu")
-    with torch.no_grad():
-        logits = model[0](x)  # eval mode: dropout off
-    assert math.isclose(out["loss"], float(nn.functional.cross_entropy(logits, y)), rel_tol=1e-5)
-    assert out["accuracy"] == int((logits.argmax(1) == y).sum()) / 24
-    assert model[0].weight.grad is None and model.training  # no gradients; mode restored
-
-
-def test_lr_schedule_and_sampler():
-    lrs = [lr_at_step(s, 100, 10, 1.0, 0.1) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decays monotonically
-    s = ResumableSampler(list(range(10)), seed=3)
-    s.set_epoch(2)
-    full = list(s)
-    assert sorted(full) == list(range(10))
-    s.set_start_index(4)
-    assert list(s) == full[4:] and len(s) == 6
-    s.set_epoch(3)
-    s.set_start_index(0)
-    assert list(s) != full  # a new order every epoch
 
 
 def _cfg(*overrides):

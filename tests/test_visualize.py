@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from relpos.experiments import figure_export
 from relpos.experiments import visualize as V
 from relpos.experiments.colormaps import resolve_colorscale
 from relpos.relative_position import get_relative_position_index_1d, get_relative_position_index_2d
@@ -286,7 +287,7 @@ def test_unknown_suffix_lists_the_allowed_ones(tmp_path):
 
 def test_no_browser_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("BROWSER_PATH", raising=False)
-    monkeypatch.setattr(V.shutil, "which", lambda name: None)
+    monkeypatch.setattr(figure_export.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install -y chromium.*BROWSER_PATH"):
         V.save_figure(go.Figure(), tmp_path / "sub" / "fig.png")
     assert not (tmp_path / "sub").exists()

@@ -24,20 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from relpos._fileio import is_inside
 from relpos._validation import check_int
 from relpos.data.dataset import _check_index
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "scan_image_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve(strict=True).relative_to(root)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -54,7 +47,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
         raise ValueError(f"root must be an existing directory, got {os.fspath(root)!r}")
     real_root = root_path.resolve(strict=True)
     class_dirs = sorted(
-        p for p in real_root.iterdir() if not p.name.startswith(".") and p.is_dir() and _inside(p, real_root)
+        p for p in real_root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_inside(p, real_root, strict=True)
     )
     classes: list[str] = []
     samples: list[tuple[Path, int]] = []
@@ -65,7 +58,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
             if not f.name.startswith(".")
             and f.suffix.lower() in IMAGE_EXTENSIONS
             and f.is_file()
-            and _inside(f, real_root)
+            and is_inside(f, real_root, strict=True)
         )
         if not files:
             continue

@@ -23,6 +23,13 @@ expresses "attend to what lies to my right" directly.
 
 Colours: with 3 channels A is red ``(1, 0, 0)`` and B blue ``(0, 0, 1)``; with 1 channel A is
 ``+1`` and B ``-1``; with ``C`` channels A lights channel 0 and B channel ``C - 1``.
+
+Placement regions (the position-shift lab): ``region`` confines both marks, every pixel of them, to
+columns ``[x0, x1)`` and rows ``[y0, y1)``; written ``[x0, x1]`` (columns only) or ``{"cols": [x0,
+x1], "rows": [y0, y1]}`` (either key optional), normalized by :func:`check_region` to the dict with
+both. Each side must hold two marks with a gap (``x1 - x0 >= 2 * mark_size + 1``), so every
+direction can still occur. Training in columns 0-9 and testing in 6-15 asks whether a model solves
+the task where it never saw a mark. Without a region (``None``) the draws are exactly as above.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from relpos._limits import short_repr
 from relpos._validation import check_float, check_int
 from relpos.data.dataset import _check_index, sample_generator
 
-__all__ = ["DIRECTION_NAMES", "RelationalDataset", "direction_label"]
+__all__ = ["DIRECTION_NAMES", "RelationalDataset", "check_region", "direction_label"]
 
 #: Class names by number of classes, in label order (counter-clockwise from east).
 DIRECTION_NAMES: dict[int, tuple[str, ...]] = {
@@ -60,6 +68,57 @@ def direction_label(dy: int, dx: int, num_classes: int) -> int:
     return int(math.floor(_angle_deg(dy, dx) / sector + 0.5)) % num_classes
 
 
+def _check_range(key: str, axis: str, value: object, img_size: int, mark_size: int) -> list[int]:
+    """``[a, b]`` of one axis of a region, checked: ints, ``0 <= a < b <= img_size``, room for two marks."""
+    need = 2 * mark_size + 1
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        example = min(img_size, max(need, img_size // 2))
+        raise ValueError(f"{key} = {short_repr(value)} is not allowed: {axis} must be [start, stop], "
+                         f"two ints (pixels [start, stop), e.g. [0, {example}])")
+    a, b = int(value[0]), int(value[1])
+    if not 0 <= a < b <= img_size:
+        raise ValueError(f"{key} = {short_repr(value)} is not allowed: {axis} [start, stop) must satisfy "
+                         f"0 <= start < stop <= {img_size} (the image side)")
+    if b - a < need:
+        raise ValueError(f"{key} = {short_repr(value)} is not allowed: {axis} [{a}, {b}) is {b - a} pixels; "
+                         f"both marks must fit with a gap, so at least 2 * mark_size + 1 = {need}")
+    return [a, b]
+
+
+def check_region(key: str, region: object, img_size: int, mark_size: int) -> dict | None:
+    """Check and normalize a placement region (see the module docstring).
+
+    Args:
+        key: the name to report in errors, e.g. ``"data.train_region"``.
+        region: ``None`` (the whole image), ``[x0, x1]`` (columns; all rows), or a mapping with
+            ``"cols"`` and/or ``"rows"`` ranges ``[start, stop)`` in pixels.
+        img_size: the image side.
+        mark_size: the side of one mark.
+
+    Returns:
+        ``None``, or ``{"cols": [x0, x1], "rows": [y0, y1]}`` (a missing axis spans the image).
+
+    Raises:
+        ValueError: a malformed region, a range outside the image, or one too narrow for two marks
+            with a gap; the message names ``key``, the value and what is allowed.
+    """
+    if region is None:
+        return None
+    if isinstance(region, (list, tuple)):
+        region = {"cols": region}
+    if not isinstance(region, dict) or not region or not set(region) <= {"cols", "rows"}:
+        raise ValueError(f"{key} = {short_repr(region)} is not allowed: null (anywhere), [x0, x1] "
+                         "(columns) or {cols: [x0, x1], rows: [y0, y1]} (pixel ranges [start, stop))")
+    return {
+        axis: _check_range(key, axis, region.get(axis, [0, img_size]), img_size, mark_size)
+        for axis in ("cols", "rows")
+    }
+
+
 def _boundary_distance_deg(dy: int, dx: int, num_classes: int) -> float:
     """Angular distance (degrees) from the offset's direction to the nearest sector boundary."""
     sector = 360.0 / num_classes
@@ -80,9 +139,11 @@ class RelationalDataset(Dataset):
         noise_std: standard deviation of Gaussian background noise (0 = clean).
         margin_deg: keep offsets at least this many degrees away from a sector boundary.
         seed: dataset seed; sample ``i`` depends only on ``(seed, i)``.
+        region: where both marks lie (see :func:`check_region`); ``None``: anywhere.
 
     ``dataset[i]`` returns ``(image (C, H, W) float32, label int64 scalar)``.
-    Attributes: ``classes`` (direction names), :meth:`positions` (the marks of a sample).
+    Attributes: ``classes`` (direction names), ``region`` (normalized, or ``None``), :meth:`positions`
+    (the marks of a sample).
     """
 
     def __init__(
@@ -95,6 +156,7 @@ class RelationalDataset(Dataset):
         noise_std: float = 0.0,
         margin_deg: float = 5.0,
         seed: int = 0,
+        region: object = None,
     ) -> None:
         self.num_samples = check_int("num_samples", num_samples)
         self.img_size = check_int("img_size", img_size)
@@ -115,15 +177,23 @@ class RelationalDataset(Dataset):
             "margin_deg", margin_deg, minimum=0.0, maximum=max_margin * 0.8
         )
         self.seed = check_int("seed", seed, minimum=0)
+        self.region = check_region("region", region, img_size, mark_size)
         self.classes: tuple[str, ...] = DIRECTION_NAMES[num_classes]
 
     def __len__(self) -> int:
         return self.num_samples
 
     def _draw(self, g: torch.Generator) -> tuple[int, int, int, int]:
-        hi = self.img_size - self.mark_size + 1
+        s, m = self.img_size, self.mark_size
+        (x0, x1), (y0, y1) = (self.region["cols"], self.region["rows"]) if self.region else ((0, s), (0, s))
+        hy, hx = y1 - y0 - m + 1, x1 - x0 - m + 1  # top-left choices per axis
         for _ in range(_MAX_DRAWS):
-            ya, xa, yb, xb = torch.randint(hi, (4,), generator=g).tolist()
+            if hy == hx:  # one draw of four, as without a region (so no region = the old samples)
+                offset = torch.tensor([y0, x0, y0, x0])
+                ya, xa, yb, xb = (torch.randint(hy, (4,), generator=g) + offset).tolist()
+            else:
+                ya, yb = (torch.randint(hy, (2,), generator=g) + y0).tolist()
+                xa, xb = (torch.randint(hx, (2,), generator=g) + x0).tolist()
             dx, dy = xb - xa, ya - yb
             if max(abs(dx), abs(dy)) <= self.mark_size:
                 continue

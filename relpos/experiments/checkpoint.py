@@ -10,9 +10,10 @@ Format (a dict of tensors and primitives only, so ``torch.load(path, weights_onl
      "extra": dict}
 
 Writes go to a temporary file in the same folder and then ``os.replace`` (through
-:func:`relpos.experiments.rundir.atomic_write_bytes`): a crash mid-write leaves the previous file.
+:func:`relpos._fileio.atomic_write_bytes`): a crash mid-write leaves the previous file.
 Reads use ``weights_only=True`` and map to the CPU; ``module.`` (DDP) and ``_orig_mod.``
-(``torch.compile``) prefixes are stripped in :func:`strip_prefixes`, the one place that does it.
+(``torch.compile``) prefixes are stripped by :func:`strip_key_prefixes`, the one place that does it
+(:func:`strip_prefixes` applies it to a state dict; ``relpos.checkpoint_import`` uses it too).
 Every failure raises :class:`CheckpointError` naming the file.
 
 Test hook: with ``RELPOS_TEST_KILL_BETWEEN_WRITE_AND_RENAME=k`` in the environment, the process
@@ -30,11 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from relpos._file_limits import check_loaded_tensors, check_torch_archive
+from relpos._fileio import atomic_write_bytes
+from relpos._limits import check_object_size, short_repr
+from relpos.experiments.config import build_model
 from relpos.experiments.config_utils import ConfigError, to_plain
-from relpos.experiments.rundir import atomic_write_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,6 +51,7 @@ __all__ = [
     "read_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "strip_key_prefixes",
     "strip_prefixes",
     "unwrap_model",
 ]
@@ -74,21 +80,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def strip_key_prefixes(key: str) -> str:
+    """``key`` without its leading ``module.`` (DDP) / ``_orig_mod.`` (``torch.compile``) prefixes."""
+    while key.startswith(_PREFIXES):
+        key = key[len("module.") :] if key.startswith("module.") else key[len("_orig_mod.") :]
+    return key
+
+
 def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``state_dict`` without leading ``module.`` / ``_orig_mod.`` on its keys."""
-    out = {}
-    for key, value in state_dict.items():
-        k = key
-        while k.startswith(_PREFIXES):
-            k = k[len("module.") :] if k.startswith("module.") else k[len("_orig_mod.") :]
-        out[k] = value
-    return out
+    """Return a copy of ``state_dict`` with :func:`strip_key_prefixes` applied to every key."""
+    return {strip_key_prefixes(key): value for key, value in state_dict.items()}
 
 
 def capture_rng_state() -> dict:
     """Every RNG state training touches, as tensors and primitives."""
-    import numpy as np
-
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -102,8 +107,6 @@ def capture_rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     """Restore what :func:`capture_rng_state` captured (missing parts are left alone)."""
-    import numpy as np
-
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "python" in state:
@@ -186,13 +189,22 @@ def read_checkpoint(path: str | Path) -> dict:
 
     Also accepts the seed's layout (``model_state_dict`` / ``optimizer_state_dict``) and returns it
     in the current one. Raises :class:`CheckpointError` naming the file when it is missing,
-    truncated or corrupt, not a relpos checkpoint, or from a newer format.
+    truncated or corrupt, not a relpos checkpoint, or from a newer format, and when it is bigger
+    than it looks (:mod:`relpos._file_limits`, :mod:`relpos._limits`): a zip directory declaring
+    more than the memory budget or inflating like a zip bomb (checked before ``torch.load``), the
+    legacy non-zip format (whose sizes cannot be checked first), a tensor declaring more than it
+    stores, or values that expand past 100 000 nodes through shared references (a "billion laughs"
+    config).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        check_torch_archive(path)  # declared sizes against the budget before torch inflates anything
+    except ValueError as exc:
+        raise CheckpointError(f"cannot read checkpoint: {exc}") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files (RuntimeError, EOFError, ...)
@@ -201,6 +213,11 @@ def read_checkpoint(path: str | Path) -> dict:
             f"cannot read checkpoint {path}: it is truncated, corrupt or holds objects that "
             f"weights_only=True refuses ({type(exc).__name__}: {first[:300]})"
         ) from None
+    try:  # shared references (a pickle memo) can make a small file a huge value; tensors may be views
+        check_object_size(ckpt, f"checkpoint {path}")
+        check_loaded_tensors(ckpt, str(path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     if isinstance(ckpt, dict) and "model" not in ckpt and "model_state_dict" in ckpt:
         ckpt = dict(ckpt)
         ckpt["model"] = ckpt.pop("model_state_dict")
@@ -213,7 +230,8 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     if not isinstance(ckpt["format_version"], int) or ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format_version {ckpt['format_version']!r}; this relpos reads up to {FORMAT_VERSION}"
+            f"{path} has format_version {short_repr(ckpt['format_version'])}; this relpos reads up to "
+            f"{FORMAT_VERSION}"
         )
     for key, default in (("optimizer", None), ("scheduler", None), ("epoch", 0), ("step", None),
                          ("metrics", {}), ("config", None), ("rng", None), ("extra", {})):
@@ -291,8 +309,6 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     Returns:
         ``(model, checkpoint)``; the checkpoint dict is :func:`read_checkpoint`'s.
     """
-    from relpos.experiments.config import build_model  # config imports the model zoo; keep this light
-
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} stores no config, so it cannot rebuild its model")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 
+import plotly.colors
+
 __all__ = ["DIVERGING_SCALES", "MATPLOTLIB_TO_PLOTLY", "resolve_colorscale"]
 
 #: matplotlib name -> Plotly colorscale name (``_r`` reverses a Plotly scale).
@@ -52,8 +54,6 @@ DIVERGING_SCALES: frozenset[str] = frozenset(
 
 @functools.lru_cache(maxsize=1)
 def _plotly_names() -> frozenset[str]:
-    import plotly.colors
-
     # Every named scale Plotly accepts, in lower case; "_r" reversals are accepted too.
     return frozenset(name.lower() for name in plotly.colors.named_colorscales())
 

@@ -4,12 +4,15 @@ A config is a plain dict with four parts (``configs/*.yaml`` are commented examp
 
     name, seed, description
     data:  dataset (relational|digits|synthetic|folder), img_size, patch_size, in_channels,
-           num_classes, num_train, num_val, root (folder only), mark_size, noise_std, margin_deg
-           (relational only), upsample (digits only)
-    model: embed_dim, depth, num_heads, mlp_ratio, dropout, use_relative_position,
-           position_embedding (auto|absolute|none), bias_type (1d|2d|2d_cls|t5|alibi|cpb), init_std,
+           num_classes, num_train, num_val, root (folder only), mark_size, noise_std, margin_deg,
+           train_region, val_region (relational only), upsample (digits only)
+    model: scheme (a name for the next four keys, see below), embed_dim, depth, num_heads,
+           mlp_ratio, dropout, use_relative_position,
+           position_embedding (relpos.families.POSITION_EMBEDDINGS: auto|absolute|none, the rotary
+           rope_axial|rope_mixed, alone or +absolute), bias_type (relpos.families.BIAS_TYPES), init_std,
            attn_impl (auto|sdpa|explicit), class_token, share_bias,
-           rpb (extra RelativePositionBias keyword arguments, e.g. num_buckets for t5)
+           rpb (extra RelativePositionBias keyword arguments, e.g. num_buckets for t5),
+           rope (rotary options with a rope_* position_embedding: theta, grid_indexing ij|xy)
     train: epochs, batch_size, lr, weight_decay, warmup_epochs, min_lr, grad_clip, label_smoothing,
            num_workers, device (auto|cpu|cuda|mps), amp, log_every
 
@@ -18,30 +21,65 @@ impossible combination raises :class:`ConfigError` naming the dotted key, the va
 allowed) and fills the values the dataset fixes (``null`` = "let the dataset decide"):
 ``in_channels`` and ``num_classes`` (digits: 1 and 10; relational: 3 and 4; folder: the number
 of class sub-folders), ``num_train`` and ``num_val``. It is idempotent: a resolved config
-resolves to itself. Everything is checked before any training starts.
+resolves to itself. Everything is checked before any training starts, on the config itself (no
+model is built): the bias arguments by :func:`relpos.families.resolve_bias_kwargs`, the dataset by
+:func:`relpos.data.build.resolve_data`, the model's memory by :mod:`relpos.experiments.budget`.
+Training needs more than the model: :func:`resolve_training_config` also checks a run's peak memory
+(:func:`check_training_memory`) and is what every way of starting a run calls.
+
+Over the house 400 lines (about 630) because the schema table, its checker and the app's run settings
+share the config's one vocabulary; the schema (``_SPEC``, ``_check_value``) is the natural next split.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-import yaml
+import torch
 
-from relpos.experiments.config_utils import ConfigError
-from relpos.models.transformer import VisionTransformer
-from relpos.relative_position import BIAS_TYPES
+from relpos.attention import ATTN_IMPLS, resolve_rope_kwargs
+from relpos.data.build import DATASETS, resolve_data
+from relpos.data.digits import UPSAMPLE_MODES
+from relpos._limits import load_yaml, short_repr, short_text
+from relpos.experiments.config_utils import ConfigError, load_config, preset_path
+from relpos.families import (
+    BIAS_TYPES,
+    DEFAULT_BIAS_TYPE,
+    FAMILY_OPTIONS,
+    RPB_KWARGS,
+    SCHEMES,
+    family_options,
+    position_parts,
+    resolve_bias_kwargs,
+    scheme_name,
+    scheme_settings,
+)
+from relpos.experiments.budget import baseline_sizes, refuse_over_budget, training_memory
+from relpos.guards import MemoryEstimate, estimate_model_memory
+from relpos.models.transformer import POSITION_EMBEDDINGS, VisionTransformer
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "TRAIN_SETTINGS",
     "ConfigError",
     "apply_overrides",
     "build_model",
+    "changed_overrides",
+    "check_run_settings",
+    "check_training_memory",
+    "format_override",
+    "fresh_model",
     "model_kwargs",
+    "preset_config",
     "resolve_config",
+    "resolve_training_config",
+    "train_overrides",
 ]
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -54,15 +92,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "patch_size": 4,
         "in_channels": None,  # null: fixed by the dataset (relational/synthetic/folder 3, digits 1)
         "num_classes": None,  # null: fixed by the dataset (relational 4, digits 10, folder: sub-folders)
-        "num_train": None,  # null: the dataset's default (see _SIZE_DEFAULTS)
+        "num_train": None,  # null: the dataset's default (relpos.data.build.resolve_data)
         "num_val": None,
         "root": None,  # folder only: root/<class>/<image>
         "mark_size": 2,  # relational only: side of each mark, pixels
         "noise_std": 0.0,  # relational only: background noise
         "margin_deg": 10.0,  # relational only: keep directions this far from a class boundary
+        "train_region": None,  # relational only: where the marks of the train split lie; null = anywhere
+        "val_region": None,  # relational only: the same for the validation split (relpos.data.relational)
         "upsample": "bilinear",  # digits only: bilinear | nearest
     },
     "model": {
+        "scheme": None,  # null: named after the keys below; else one of relpos.families.SCHEMES, which sets them
         "embed_dim": 64,
         "depth": 2,
         "num_heads": 4,
@@ -70,12 +111,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "dropout": 0.0,
         "use_relative_position": True,
         "position_embedding": "auto",
-        "bias_type": "2d",
+        "bias_type": DEFAULT_BIAS_TYPE,
         "init_std": 0.02,
         "attn_impl": "auto",
         "class_token": False,  # classify from a class token (a 2D bias then needs bias_type 2d_cls)
         "share_bias": False,  # one relative position bias shared by all blocks
         "rpb": {},
+        "rope": {},  # rotary options (theta, grid_indexing) with position_embedding rope_axial | rope_mixed
     },
     "train": {
         "epochs": 10,
@@ -93,12 +135,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
 }
 
-DATASETS = ("relational", "digits", "synthetic", "folder")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# Dataset defaults for in_channels, num_classes and the split sizes (None: computed).
-_CHANNELS = {"relational": 3, "synthetic": 3, "folder": 3, "digits": 1}
-_CLASSES = {"relational": 4, "synthetic": 10, "digits": 10}
-_SIZE_DEFAULTS = {"relational": (8192, 1024), "synthetic": (1024, 256)}
 
 # Key specs: (kind, options). kinds: int, float, bool, str, choice, dict, optional variants.
 _INT_MAX = 2**31 - 1
@@ -117,20 +154,24 @@ _SPEC: dict[str, tuple[str, dict]] = {
     "data.mark_size": ("int", {"minimum": 1, "maximum": 4096}),
     "data.noise_std": ("float", {"minimum": 0.0}),
     "data.margin_deg": ("float", {"minimum": 0.0}),
-    "data.upsample": ("choice", {"choices": ("bilinear", "nearest")}),
+    "data.train_region": ("dataset?", {}),  # checked and normalized by relpos.data.build.resolve_data
+    "data.val_region": ("dataset?", {}),
+    "data.upsample": ("choice", {"choices": UPSAMPLE_MODES}),
+    "model.scheme": ("str?", {}),  # checked against relpos.families.SCHEMES by _apply_scheme
     "model.embed_dim": ("int", {"minimum": 1, "maximum": 65536}),
     "model.depth": ("int", {"minimum": 1, "maximum": 1000}),
     "model.num_heads": ("int", {"minimum": 1, "maximum": 4096}),
     "model.mlp_ratio": ("float", {"minimum": 0.0, "min_inclusive": False}),
     "model.dropout": ("float", {"minimum": 0.0, "maximum": 1.0, "max_inclusive": False}),
     "model.use_relative_position": ("bool", {}),
-    "model.position_embedding": ("choice", {"choices": ("auto", "absolute", "none")}),
+    "model.position_embedding": ("choice", {"choices": POSITION_EMBEDDINGS}),
     "model.bias_type": ("choice", {"choices": BIAS_TYPES}),
     "model.init_std": ("float", {"minimum": 0.0}),
-    "model.attn_impl": ("choice", {"choices": ("auto", "sdpa", "explicit")}),
+    "model.attn_impl": ("choice", {"choices": ATTN_IMPLS}),
     "model.class_token": ("bool", {}),
     "model.share_bias": ("bool", {}),
     "model.rpb": ("dict", {}),
+    "model.rope": ("dict", {}),
     "train.epochs": ("int", {"minimum": 1, "maximum": 1_000_000}),
     "train.batch_size": ("int", {"minimum": 1, "maximum": 1_000_000}),
     "train.lr": ("float", {"minimum": 0.0, "min_inclusive": False}),
@@ -145,11 +186,15 @@ _SPEC: dict[str, tuple[str, dict]] = {
     "train.log_every": ("int", {"minimum": 1, "maximum": _INT_MAX}),
 }
 # rpb keys the model fills itself; the config sets them through model.bias_type / model.init_std.
-_RPB_RESERVED = ("num_heads", "window_size", "seq_len", "bias_type", "init_std")
+_RPB_RESERVED = tuple(k for k in RPB_KWARGS if not any(k in opts for opts in FAMILY_OPTIONS.values()))
+# model.rope keys; the model fills head_dim, num_heads, grid_size, num_prefix_tokens, and mode comes
+# from model.position_embedding.
+_ROPE_OPTIONS = ("theta", "grid_indexing")
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+    # short_repr: a value from a file may be huge or a shared-reference bomb; print 200 characters
+    return ConfigError(f"{short_text(key)} = {short_repr(value)} is not allowed: {allowed}")
 
 
 def _check_value(key: str, value: Any) -> Any:
@@ -161,6 +206,8 @@ def _check_value(key: str, value: Any) -> Any:
         if optional:
             return None
         raise _fail(key, value, f"a value is required ({_describe(kind, opts)})")
+    if kind == "dataset":  # the dataset's own rules check it (relpos.data.build.resolve_data)
+        return copy.deepcopy(value)
     if kind == "name":
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise _fail(key, value, "1-100 characters of letters, digits, '.', '_' or '-', starting "
@@ -243,83 +290,14 @@ def _merge(cfg: dict) -> dict:
 
 
 def _fill_data(cfg: dict) -> None:
-    d = cfg["data"]
-    name = d["dataset"]
-    fixed_channels = {"digits": 1}
-    if d["in_channels"] is None:
-        d["in_channels"] = _CHANNELS[name]
-    elif name in fixed_channels and d["in_channels"] != fixed_channels[name]:
-        raise _fail("data.in_channels", d["in_channels"], f"{fixed_channels[name]} for dataset {name} (or null)")
-    elif name == "folder" and d["in_channels"] not in (1, 3):
-        raise _fail("data.in_channels", d["in_channels"], "1 (greyscale) or 3 (RGB) for dataset folder")
-    if d["img_size"] % d["patch_size"]:
-        raise _fail("data.patch_size", d["patch_size"], f"a divisor of data.img_size ({d['img_size']})")
-    if name != "folder" and d["root"] is not None:
-        raise _fail("data.root", d["root"], "null unless data.dataset is folder")
-
-    if name == "relational":
-        if d["num_classes"] is None:
-            d["num_classes"] = _CLASSES[name]
-        if d["num_classes"] not in (4, 8):
-            raise _fail("data.num_classes", d["num_classes"], "4 or 8 for dataset relational (directions)")
-        if d["img_size"] < 2 * d["mark_size"] + 1:
-            raise _fail("data.mark_size", d["mark_size"], f"at most {(d['img_size'] - 1) // 2} for "
-                        f"data.img_size {d['img_size']} (two marks with a gap must fit)")
-        max_margin = 0.8 * 180.0 / d["num_classes"]
-        if d["margin_deg"] > max_margin:
-            raise _fail("data.margin_deg", d["margin_deg"], f"a number in [0, {max_margin:g}] for "
-                        f"{d['num_classes']} classes")
-    elif name == "synthetic":
-        if d["num_classes"] is None:
-            d["num_classes"] = _CLASSES[name]
-    elif name == "digits":
-        if d["num_classes"] is not None and d["num_classes"] != 10:
-            raise _fail("data.num_classes", d["num_classes"], "10 for dataset digits (or null)")
-        d["num_classes"] = 10
-        if d["img_size"] < 8:
-            raise _fail("data.img_size", d["img_size"], "at least 8 for dataset digits (native 8x8)")
-
-    if name in _SIZE_DEFAULTS:
-        default_train, default_val = _SIZE_DEFAULTS[name]
-        d["num_train"] = default_train if d["num_train"] is None else d["num_train"]
-        d["num_val"] = default_val if d["num_val"] is None else d["num_val"]
-        return
-
-    if name == "digits":
-        from relpos.data.digits import DIGITS_NUM_SAMPLES
-
-        total = DIGITS_NUM_SAMPLES
-    else:
-        if d["root"] is None:
-            raise _fail("data.root", None, "the path of an existing folder with one sub-folder per class "
-                        "(required for dataset folder)")
-        from relpos.data.folder import scan_image_folder
-
-        try:
-            classes, samples = scan_image_folder(d["root"])
-        except ValueError as exc:
-            raise ConfigError(f"data.root = {d['root']!r} is not allowed: {exc}") from None
-        if d["num_classes"] is not None and d["num_classes"] != len(classes):
-            raise _fail("data.num_classes", d["num_classes"], f"{len(classes)} (the number of class "
-                        f"sub-folders in {d['root']}) or null")
-        d["num_classes"] = len(classes)
-        total = len(samples)
-        if total < 2:
-            raise _fail("data.root", d["root"], "a folder with at least 2 images")
-    if d["num_val"] is None:
-        d["num_val"] = max(1, round(0.2 * total)) if d["num_train"] is None else max(0, min(total - d["num_train"], max(1, round(0.2 * total))))
-        if d["num_val"] < 1:
-            raise _fail("data.num_train", d["num_train"], f"at most {total - 1} (dataset {name} has {total} samples)")
-    if d["num_train"] is None:
-        d["num_train"] = total - d["num_val"]
-        if d["num_train"] < 1:
-            raise _fail("data.num_val", d["num_val"], f"at most {total - 1} (dataset {name} has {total} samples)")
-    if d["num_train"] + d["num_val"] > total:
-        raise _fail("data.num_train", d["num_train"], f"data.num_train + data.num_val ({d['num_val']}) at most "
-                    f"{total} (dataset {name} has {total} samples)")
+    try:
+        cfg["data"] = resolve_data(cfg["data"])  # the datasets' own defaults and rules
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_model(cfg: dict) -> None:
+    """Everything the model would refuse, checked on the config (no model is built)."""
     m, d = cfg["model"], cfg["data"]
     if m["embed_dim"] % m["num_heads"]:
         raise _fail("model.num_heads", m["num_heads"], f"a divisor of model.embed_dim ({m['embed_dim']})")
@@ -329,39 +307,126 @@ def _check_model(cfg: dict) -> None:
                         "and seq_len, and model.bias_type / model.init_std set the others")
     if m["rpb"] and not m["use_relative_position"]:
         raise _fail("model.rpb", m["rpb"], "{} unless model.use_relative_position is true")
-    if m["position_embedding"] == "auto" and not m["use_relative_position"]:
-        pass  # auto = absolute: the usual ViT
+    if m["share_bias"] and not m["use_relative_position"]:
+        raise _fail("model.share_bias", True, "false unless model.use_relative_position is true (no bias to share)")
+    rotary = position_parts(m["position_embedding"], m["use_relative_position"])[0]
+    for k in m["rope"]:
+        if k not in _ROPE_OPTIONS:
+            raise _fail(f"model.rope.{k}", m["rope"][k], "not a rotary option: model.rope takes theta and "
+                        "grid_indexing (the model fills the sizes; model.position_embedding sets the mode)")
+    if m["rope"] and rotary is None:
+        raise _fail("model.rope", m["rope"], "{} unless model.position_embedding is a rotary one "
+                    "(rope_axial, rope_mixed, rope_axial+absolute, rope_mixed+absolute)")
     grid = d["img_size"] // d["patch_size"]
     if grid * grid > 65536:
         raise _fail("data.patch_size", d["patch_size"], f"large enough that the grid has at most 65536 patches "
                     f"(img_size {d['img_size']} gives {grid * grid})")
-    # Refuse a model that would not fit in memory before anything is allocated (the estimate is
-    # arithmetic on shapes; the budget is relpos.guards', RELPOS_MEMORY_BUDGET_MB).
-    from relpos.guards import ResourceLimitError, check_budget, estimate_model_memory
-
     kw = model_kwargs(cfg)
+    if m["use_relative_position"]:
+        try:  # the one resolution of the bias arguments, as the model does it, and the option values
+            rpb = resolve_bias_kwargs(kw["rpb_kwargs"], num_heads=m["num_heads"], grid=(grid, grid),
+                                      class_token=m["class_token"])
+            family_options(rpb["bias_type"], rpb)
+        except (TypeError, ValueError) as exc:
+            msg = str(exc).replace("rpb_kwargs", "model.rpb")
+            model = short_repr(cfg["model"], 400)
+            raise ConfigError(f"model: {short_text(msg, 400)} (model = {model})") from None
+    if rotary is not None:
+        head_dim = m["embed_dim"] // m["num_heads"]
+        try:  # the rotary arguments as the model resolves them: options, head_dim (a multiple of 4)
+            resolve_rope_kwargs(kw["rope_kwargs"], head_dim=head_dim, num_heads=m["num_heads"], grid_size=(grid, grid),
+                                mode=rotary, num_prefix_tokens=int(m["class_token"]))
+        except (TypeError, ValueError) as exc:
+            msg = str(exc).replace("rope_kwargs", "model.rope")
+            raise ConfigError(f"model: {short_text(msg, 400)} (model.position_embedding = "
+                              f"{m['position_embedding']!r}, head_dim = model.embed_dim / model.num_heads = "
+                              f"{m['embed_dim']} / {m['num_heads']} = {head_dim})") from None
+    # Refuse a model that would not fit in memory before anything is allocated (the estimate is
+    # arithmetic on shapes; the budget is relpos.guards', RELPOS_MEMORY_BUDGET_MB). The model alone:
+    # training is checked by check_training_memory (relpos.experiments.budget).
+    what = (f"model (data.img_size {d['img_size']}, data.patch_size {d['patch_size']}, model.embed_dim "
+            f"{m['embed_dim']}, model.depth {m['depth']}, model.num_heads {m['num_heads']}, model.mlp_ratio "
+            f"{m['mlp_ratio']:g})")
+    refuse_over_budget(lambda c: estimate_model_memory(**model_kwargs(c)), cfg,
+                       baseline_sizes(cfg, DEFAULT_CONFIG), what)
+
+
+def check_training_memory(cfg: dict) -> MemoryEstimate:
+    """Refuse training a *resolved* config whose peak memory exceeds the budget; return the estimate.
+
+    The estimate is :func:`relpos.experiments.budget.training_memory` (model, optimizer, a step's
+    activations for ``train.batch_size``, data, sampler, loaders, per-epoch diagnostics);
+    :func:`resolve_config` checks only the model, so a preset can be inspected that cannot train here.
+
+    Raises:
+        ConfigError: over the budget; the message names the key that drives the estimate (e.g.
+            ``data.img_size``, ``train.batch_size``, ``model.mlp_ratio``, ``data.num_train``), the
+            estimate with its largest parts and the limit.
+    """
+    return refuse_over_budget(training_memory, cfg, baseline_sizes(cfg, DEFAULT_CONFIG))
+
+
+def resolve_training_config(cfg: dict) -> dict:
+    """:func:`resolve_config`, then :func:`check_training_memory`: a config that can train here.
+
+    Every way a run starts calls it before anything exists (``fit``, the CLI, ``jobs.start_run``,
+    ``--queue``, sweeps, the Train page), so a run that would not fit makes no folder and no process.
+    """
+    out = resolve_config(cfg)
+    check_training_memory(out)
+    return out
+
+
+def _apply_scheme(m: dict, given: dict) -> None:
+    """Spell ``model.scheme`` out into the keys it stands for, or name the scheme the keys describe.
+
+    A scheme sets the keys of :data:`relpos.families.SCHEMES` ``[scheme]``; a key the config gives
+    itself must agree with it (``position_embedding: auto`` agrees with what auto means there), else
+    it is a ConfigError naming both. Without a scheme, ``model.scheme`` is filled with the name of
+    what the keys describe, so every resolved config names its scheme (and resolving is idempotent).
+
+    Args:
+        m: the merged ``model`` section (changed in place).
+        given: the ``model`` section as the config gave it (before the defaults).
+    """
+    scheme = m["scheme"]
+    if scheme is None:
+        m["scheme"] = scheme_name(m["use_relative_position"], m["position_embedding"], m["bias_type"])
+        return
     try:
-        check_budget(estimate_model_memory(
-            img_size=kw["img_size"], patch_size=kw["patch_size"], in_channels=kw["in_channels"],
-            num_classes=kw["num_classes"], embed_dim=kw["embed_dim"], depth=kw["depth"],
-            num_heads=kw["num_heads"], mlp_ratio=kw["mlp_ratio"],
-            use_relative_position=kw["use_relative_position"], bias_type=m["bias_type"],
-            class_token=kw["class_token"], share_bias=kw["share_bias"],
-            position_embedding=kw["position_embedding"],
-        ))
-    except ResourceLimitError as exc:
-        raise ConfigError(
-            f"model (data.img_size {d['img_size']}, data.patch_size {d['patch_size']}, model.embed_dim "
-            f"{m['embed_dim']}, model.depth {m['depth']}, model.num_heads {m['num_heads']}): {exc}"
-        ) from None
-    # Build a one-block copy of the model to catch anything the checks above missed, e.g. a keyword
-    # in model.rpb that RelativePositionBias does not take (one block: ViT-B/16 checks in ~0.2 s).
-    kwargs = {**model_kwargs(cfg), "depth": 1}
-    try:
-        VisionTransformer(**kwargs)
-    except (TypeError, ValueError) as exc:
-        msg = str(exc).replace("rpb_kwargs", "model.rpb")
-        raise ConfigError(f"model: {msg} (model = {cfg['model']!r})") from None
+        settings = scheme_settings(scheme)
+    except ValueError:
+        raise _fail("model.scheme", scheme, "one of " + ", ".join(SCHEMES)) from None
+    for key, value in settings.items():
+        current = m[key]
+        if key == "position_embedding" and current == "auto":
+            uses_bias = settings.get("use_relative_position", m["use_relative_position"])
+            current = "none" if uses_bias else "absolute"
+        if current == value:
+            continue
+        if key in given:
+            raise _fail(f"model.{key}", m[key], f"{value!r} with model.scheme = {scheme!r}, which sets it "
+                        f"(give model.scheme or model.{key}, not both)")
+        m[key] = value
+
+
+def _override_scheme(model: dict, key: str, value: Any) -> None:
+    """Make a ``--set`` of a scheme key win over the config file instead of contradicting it.
+
+    ``model.scheme=X`` drops the keys X sets from the file's ``model`` section (so a sweep can vary
+    the scheme over a preset that spells out its own); setting one of those keys on a config that
+    names a scheme first spells the scheme out, then drops it (the keys then say it all).
+    """
+    if key == "scheme":
+        if isinstance(value, str) and value in SCHEMES:
+            for k in SCHEMES[value]:
+                model.pop(k, None)
+        return
+    scheme = model.get("scheme")
+    if isinstance(scheme, str) and scheme in SCHEMES and key in SCHEMES[scheme]:
+        for k, v in SCHEMES[scheme].items():
+            model.setdefault(k, v)
+        model.pop("scheme")
 
 
 def _check_train(cfg: dict) -> None:
@@ -394,6 +459,7 @@ def resolve_config(cfg: dict) -> dict:
         holder = out[section] if sub else out
         name = sub or section
         holder[name] = _check_value(key, holder[name])
+    _apply_scheme(out["model"], cfg.get("model") or {})
     _fill_data(out)
     _check_model(out)
     _check_train(out)
@@ -402,25 +468,27 @@ def resolve_config(cfg: dict) -> dict:
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if not isinstance(item, str) or "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
+        raise ConfigError(
+            f"override {short_repr(item)} must look like section.key=value, e.g. train.epochs=5")
     key, _, text = item.partition("=")
     key = key.strip()
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from None
+    # the same bounded safe loader as config files (size, depth and alias expansion limited)
+    value = load_yaml(text, f"override {short_repr(item)}", error=ConfigError) if text.strip() else None
     parts = key.split(".")
     if not all(parts):
-        raise ConfigError(f"override {item!r}: {key!r} is not a dotted key such as train.epochs")
+        raise ConfigError(
+            f"override {short_repr(item)}: {short_repr(key)} is not a dotted key such as train.epochs")
     return parts, value
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
-    """Apply ``--set`` style overrides (``"train.epochs=5"``; values parsed with ``yaml.safe_load``).
+    """Apply ``--set`` style overrides (``"train.epochs=5"``; values parsed with ``yaml.safe_load``
+    semantics by :func:`relpos._limits.load_yaml`, bounded like a config file).
 
     Returns a new dict; ``cfg`` is not modified. Keys are checked against the schema here (an
     unknown key raises ``ConfigError``); values are checked by :func:`resolve_config`.
-    ``model.rpb.<name>=value`` sets one extra RelativePositionBias keyword.
+    ``model.rpb.<name>=value`` sets one extra RelativePositionBias keyword, ``model.rope.<name>=value``
+    one rotary option.
     """
     if isinstance(overrides, str):
         overrides = [overrides]
@@ -444,12 +512,14 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
         if not isinstance(section, dict):
             section = out[top] = {}
         if len(parts) == 2:
+            if top == "model":
+                _override_scheme(section, sub, value)
             section[sub] = value
-        elif top == "model" and sub == "rpb" and len(parts) == 3:
-            rpb = section.get("rpb")
-            if not isinstance(rpb, dict):
-                rpb = section["rpb"] = {}
-            rpb[parts[2]] = value
+        elif top == "model" and sub in ("rpb", "rope") and len(parts) == 3:
+            options = section.get(sub)
+            if not isinstance(options, dict):
+                options = section[sub] = {}
+            options[parts[2]] = value
         else:
             raise ConfigError(f"{'.'.join(parts)}: unknown key ({top}.{sub} is not a section)")
     return out
@@ -461,6 +531,7 @@ def model_kwargs(cfg: dict) -> dict:
     rpb = None
     if m["use_relative_position"]:
         rpb = {**m["rpb"], "bias_type": m["bias_type"], "init_std": m["init_std"]}
+    rotary = position_parts(m["position_embedding"], m["use_relative_position"])[0]
     return {
         "img_size": d["img_size"],
         "patch_size": d["patch_size"],
@@ -477,9 +548,125 @@ def model_kwargs(cfg: dict) -> dict:
         "attn_impl": m["attn_impl"],
         "class_token": m["class_token"],
         "share_bias": m["share_bias"],
+        "rope_kwargs": None if rotary is None else dict(m.get("rope") or {}),
     }
 
 
 def build_model(cfg: dict) -> VisionTransformer:
     """The ``VisionTransformer`` a config describes (the config is resolved first)."""
     return VisionTransformer(**model_kwargs(resolve_config(cfg)))
+
+
+# --------------------------------------------------------------------------- the app's run settings
+
+
+def preset_config(preset: str | Path) -> dict:
+    """The resolved config of a preset name (``configs/<preset>.yaml`` over the defaults) or of a
+    config file (:func:`relpos.experiments.config_utils.preset_path` finds it)."""
+    return resolve_config(load_config(preset_path(preset)))
+
+
+def fresh_model(cfg: dict) -> VisionTransformer:
+    """A new, untrained model for ``cfg`` (seeded by ``cfg["seed"]``), in eval mode, frozen.
+
+    The global RNG is left as it was (the seed applies inside a forked RNG).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        model = build_model(cfg)
+    return model.eval().requires_grad_(False)
+
+
+def format_override(key: str, value: Any) -> str:
+    """``"key=value"`` as ``--set`` takes it: YAML scalars (``true``, ``null``), lists and dicts as
+    JSON (which YAML reads back), anything else as ``str``."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return f"{key}={text}"
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def changed_overrides(cfg: dict, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Only the ``overrides`` (dotted key -> value) whose value differs from ``cfg``, so a run
+    records what was changed."""
+    return {k: v for k, v in overrides.items() if _get(cfg, k) != v}
+
+
+#: The Train page's settings and the config keys they set.
+TRAIN_SETTINGS: dict[str, str] = {
+    "dataset": "data.dataset",
+    "img_size": "data.img_size",
+    "patch_size": "data.patch_size",
+    "depth": "model.depth",
+    "num_heads": "model.num_heads",
+    "use_relative_position": "model.use_relative_position",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+}
+#: Data keys a dataset fixes by itself (``null`` lets :func:`resolve_config` fill them).
+_DATASET_DERIVED = ("data.in_channels", "data.num_classes", "data.num_train", "data.num_val")
+
+
+def train_overrides(cfg: dict, **settings: Any) -> dict[str, Any]:
+    """The ``--set`` overrides for :data:`TRAIN_SETTINGS`: only what differs from ``cfg``.
+
+    Switching the dataset also resets the values the old dataset fixed (channels, classes,
+    split sizes) to ``None`` so the new dataset fills them.
+
+    Raises:
+        ValueError: a setting that is not in :data:`TRAIN_SETTINGS`.
+    """
+    unknown = set(settings) - set(TRAIN_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; allowed: {', '.join(TRAIN_SETTINGS)}")
+    out = changed_overrides(cfg, {TRAIN_SETTINGS[k]: v for k, v in settings.items()})
+    if "data.dataset" in out:
+        out.update({key: None for key in _DATASET_DERIVED})
+    return out
+
+
+def check_run_settings(cfg: dict, overrides: dict[str, Any], *, max_grid_side: int | None = None) -> dict:
+    """Apply ``overrides`` to ``cfg``, resolve it for training and build the model once: a readable
+    error now instead of a failed run later.
+
+    Args:
+        cfg: a config (resolved or not).
+        overrides: dotted key -> value (as :func:`train_overrides` returns).
+        max_grid_side: refuse a patch grid wider than this many patches per side (the app's limit:
+            attention cost grows with the square of the number of patches); None: no limit.
+
+    Returns:
+        The resolved config.
+
+    Raises:
+        ConfigError: a bad key or value, or a run that would not fit in the memory budget
+        (:func:`check_training_memory`). ValueError: the patch grid is over ``max_grid_side``, or
+        the model cannot be built (e.g. ``embed_dim`` not divisible by ``num_heads``).
+    """
+    new = resolve_config(apply_overrides(copy.deepcopy(cfg), [format_override(k, v) for k, v in overrides.items()]))
+    data = new["data"]
+    side = data["img_size"] // data["patch_size"]
+    if max_grid_side is not None and side > max_grid_side:
+        raise ValueError(
+            f"data.img_size / data.patch_size = {data['img_size']} / {data['patch_size']} gives a "
+            f"{side}x{side} patch grid; the app trains at most {max_grid_side}x{max_grid_side} patches "
+            "(attention cost grows with the square of the number of patches): raise the patch size"
+        )
+    check_training_memory(new)  # as resolve_training_config, after the app's more specific grid limit
+    with torch.random.fork_rng(devices=[]):
+        build_model(new)
+    return new

@@ -1,13 +1,19 @@
 """Plotly figures of attention weights, relative position biases, tables, indices and runs.
 
 Tensors in, ``go.Figure`` out; no streamlit here (the app, the CLI and the tests are all clients).
+The public builders live here; their machinery (input checks, block averaging, per-cell hover,
+the small-multiples layout) is in :mod:`relpos.experiments._figure_core`, saving in
+:mod:`relpos.experiments.figure_export` (re-exported: :func:`save_figure`, :func:`figure_bytes`).
+
+Over the house limit of about 400 lines: one subject, eleven public builders and the three private
+figure kinds they share (matrix, table, T5 curve); each builder is short, and splitting them over
+modules would only scatter one API.
 
 Shape legend: ``B`` batch, ``H`` heads, ``N`` tokens (``N = h * w`` for a 2D window, ``L`` for 1D),
 ``T`` table rows (``(2h-1)(2w-1)`` in 2D, ``2L-1`` in 1D).
 
-Conventions (as in :mod:`relpos.relative_position`): tokens flattened row by row,
-``t -> (y, x) = (t // w, t % w)``; offset of query ``i`` and key ``j`` is
-``(Δy, Δx) = (y_i - y_j, x_i - x_j)`` and its table row is
+Conventions (:mod:`relpos.geometry`): tokens flattened row by row, ``t -> (y, x) = (t // w, t % w)``;
+offset of query ``i`` and key ``j`` is ``(Δy, Δx) = (y_i - y_j, x_i - x_j)`` and its table row is
 ``r = (Δy + h - 1) * (2w - 1) + (Δx + w - 1)`` (1D: ``r = i - j + L - 1``).
 
 Habits that keep the app fast:
@@ -22,11 +28,8 @@ Habits that keep the app fast:
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,12 @@ import plotly.graph_objects as go
 import torch
 
 from relpos._validation import check_choice, check_int, check_window_size
+from relpos.experiments import _figure_core as core
+from relpos.experiments._figure_core import block_average
 from relpos.experiments.colormaps import is_diverging, resolve_colorscale
-from relpos.experiments.rundir import atomic_write_bytes
+from relpos.experiments.figure_export import SAVE_SUFFIXES, figure_bytes, figure_payload_bytes, save_figure
+from relpos.families import BiasFamily, family
+from relpos.geometry import CLS_ROW_NAMES, relative_position_index, t5_bucket, t5_bucket_offsets, table_offsets
 
 __all__ = [
     "SAVE_SUFFIXES",
@@ -56,10 +63,6 @@ __all__ = [
     "visualize_relative_position_bias",
 ]
 
-#: File suffixes :func:`save_figure` writes.
-SAVE_SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg")
-
-_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 #: Longest side, in pixels, of the image drawn under a query-centric map.
 _IMAGE_MAX_PX = 160
 _RUN_COLORS = (
@@ -69,342 +72,7 @@ _RUN_COLORS = (
 
 
 # ----------------------------------------------------------------------------------------------
-# Input checks and conversion
-
-
-def _to_numpy(name: str, value: Any, *, dtype: Any = np.float32) -> np.ndarray:
-    """A torch tensor or numpy array as a contiguous numpy array of ``dtype`` (a copy-free view
-    when it already is one). Anything else is a TypeError naming ``name``."""
-    if isinstance(value, torch.Tensor):
-        if value.is_complex():
-            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
-        value = value.detach()
-        if value.device.type != "cpu":
-            value = value.cpu()
-        if value.dtype in (torch.bfloat16, torch.float16, torch.bool):
-            value = value.float()
-        arr = value.numpy()
-    elif isinstance(value, np.ndarray):
-        arr = value
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
-            raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {arr.dtype}")
-    else:
-        raise TypeError(
-            f"{name} must be a torch.Tensor or a numpy.ndarray, got {type(value).__name__}"
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
-    return np.ascontiguousarray(arr, dtype=dtype)
-
-
-def _check_title(title: Any) -> str:
-    if not isinstance(title, str):
-        raise TypeError(f"title must be a str, got {title!r} ({type(title).__name__})")
-    return title
-
-
-def _check_save_path(save_path: Any) -> Path | None:
-    if save_path is None:
-        return None
-    if not isinstance(save_path, (str, os.PathLike)):
-        raise TypeError(
-            f"save_path must be a str, a pathlib.Path or None, got {save_path!r} "
-            f"({type(save_path).__name__})"
-        )
-    return Path(save_path)
-
-
-def _as_heads(name: str, value: Any) -> tuple[np.ndarray, str | None]:
-    """``(N, N)``, ``(H, N, N)`` or ``(B, H, N, N)`` -> ``(H, N, N)`` float32 and a title note
-    (``B`` > 1 keeps batch element 0 and says so)."""
-    arr = _to_numpy(name, value)
-    note = None
-    if arr.ndim == 4:
-        if arr.shape[0] > 1:
-            note = f"batch element 0 of {arr.shape[0]}"
-        arr = arr[0]  # (H, N, N)
-    elif arr.ndim == 2:
-        arr = arr[None]  # (1, N, N)
-    elif arr.ndim != 3:
-        raise ValueError(
-            f"{name} must have shape (N, N), (H, N, N) or (B, H, N, N), got {tuple(arr.shape)}"
-        )
-    if arr.shape[-1] != arr.shape[-2]:
-        raise ValueError(
-            f"{name} must be square in its last two dims (query x key), got {tuple(arr.shape)}"
-        )
-    return arr, note
-
-
-def _window_or_none(window_size: Any) -> tuple[int, int] | None:
-    return None if window_size is None else check_window_size("window_size", window_size)
-
-
-def _seq_len_or_none(seq_len: Any) -> int | None:
-    return None if seq_len is None else check_int("seq_len", seq_len)
-
-
-def _check_tokens(n: int, window: tuple[int, int] | None, seq_len: int | None, name: str) -> None:
-    if window is not None and seq_len is not None:
-        raise ValueError("pass window_size (2D) or seq_len (1D), not both")
-    if window is not None and window[0] * window[1] != n:
-        raise ValueError(
-            f"window_size {window} has {window[0] * window[1]} tokens but {name} has N = {n}"
-        )
-    if seq_len is not None and seq_len != n:
-        raise ValueError(f"seq_len {seq_len} does not match {name}'s N = {n}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Block averaging
-
-
-def _blocks(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    starts = np.arange(0, n, k)
-    sizes = np.minimum(starts + k, n) - starts
-    return starts, sizes
-
-
-def block_average(matrix: np.ndarray, k: int) -> np.ndarray:
-    """Mean-pool the last two dims of ``matrix`` over ``k x k`` blocks (a ragged last block is
-    averaged over the cells it has).
-
-    Args:
-        matrix: ``(..., N, M)`` array.
-        k: block side (``1`` returns the input).
-
-    Returns:
-        ``(..., ceil(N / k), ceil(M / k))`` float32 array.
-    """
-    k = check_int("k", k)
-    if k == 1:
-        return matrix
-    n, m = matrix.shape[-2:]
-    rs, rsz = _blocks(n, k)
-    cs, csz = _blocks(m, k)
-    summed = np.add.reduceat(np.add.reduceat(matrix, rs, axis=-2, dtype=np.float64), cs, axis=-1)
-    return (summed / np.outer(rsz, csz)).astype(np.float32)  # (..., n/k, m/k)
-
-
-def _block_factor(n: int, max_cells: int) -> int:
-    return max(1, math.ceil(n / max_cells))
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-cell hover data, cached per window
-
-
-def _small_int(arr: np.ndarray) -> np.ndarray:
-    """The smallest signed int dtype that holds ``arr`` (smaller JSON payload)."""
-    hi = int(np.abs(arr).max()) if arr.size else 0
-    out = arr.astype(np.int8 if hi <= 127 else np.int16 if hi <= 32767 else np.int32)
-    out.flags.writeable = False
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _pair_customdata_2d(h: int, w: int, with_row: bool) -> np.ndarray:
-    """``(N, N, 7)`` per query/key pair: ``y_i, x_i, y_j, x_j, Δy, Δx, r`` (``r`` only when
-    ``with_row``: an index figure shows ``r`` as its value)."""
-    t = np.arange(h * w)
-    ys, xs = t // w, t % w  # (N,), (N,)
-    n = h * w
-    yi = np.broadcast_to(ys[:, None], (n, n))
-    xi = np.broadcast_to(xs[:, None], (n, n))
-    yj = np.broadcast_to(ys[None, :], (n, n))
-    xj = np.broadcast_to(xs[None, :], (n, n))
-    dy, dx = yi - yj, xi - xj  # (N, N)
-    fields = [yi, xi, yj, xj, dy, dx]
-    if with_row:
-        fields.append((dy + h - 1) * (2 * w - 1) + (dx + w - 1))
-    return _small_int(np.stack(fields, axis=-1))  # (N, N, 6 or 7)
-
-
-@functools.lru_cache(maxsize=16)
-def _pair_customdata_1d(seq_len: int, with_row: bool) -> np.ndarray:
-    """``(L, L, 2)`` per pair: offset ``i - j`` and table row ``r`` (or ``(L, L, 1)``)."""
-    pos = np.arange(seq_len)
-    off = pos[:, None] - pos[None, :]  # (L, L)
-    fields = [off, off + seq_len - 1] if with_row else [off]
-    return _small_int(np.stack(fields, axis=-1))  # (L, L, 2 or 1)
-
-
-_VALUE = "value = %{z:.4g}"
-#: Most raw bytes of per-cell hover data one figure carries, summed over its panels. Above it the
-#: hover first drops the table row (which needs int16 for windows above 6x6; one dtype per array),
-#: then the per-cell data altogether ("query i, key j, value" is left). A 14x14 window keeps
-#: coordinates and offsets (int8) for up to two heads.
-_HOVER_BUDGET_BYTES = 500_000
-
-
-def _pair_hover(
-    n: int,
-    window: tuple[int, int] | None,
-    seq_len: int | None,
-    index: np.ndarray | None,
-    *,
-    n_panels: int = 1,
-    with_row: bool = True,
-    value: str = _VALUE,
-) -> tuple[np.ndarray | None, str]:
-    """Customdata and hovertemplate for ``n_panels`` ``(N, N)`` query x key heatmaps: the richest
-    hover whose per-cell data fits :data:`_HOVER_BUDGET_BYTES`."""
-    candidates: list[tuple[np.ndarray, str]] = []
-    if window is not None:
-        coords = (
-            "query i = %{y} at (y, x) = (%{customdata[0]}, %{customdata[1]})<br>"
-            "key j = %{x} at (y, x) = (%{customdata[2]}, %{customdata[3]})<br>"
-            "offset (Δy, Δx) = (%{customdata[4]}, %{customdata[5]})<br>"
-        )
-        base = _pair_customdata_2d(window[0], window[1], False)  # (N, N, 6)
-        if with_row:
-            full = (
-                _pair_customdata_2d(window[0], window[1], True)
-                if index is None
-                else _small_int(np.concatenate([base, index[..., None]], axis=-1))
-            )  # (N, N, 7)
-            candidates.append((full, coords + "table row r = %{customdata[6]}<br>"))
-        candidates.append((base, coords))
-    elif seq_len is not None:
-        one_d = "query i = %{y}<br>key j = %{x}<br>offset i − j = %{customdata[0]}<br>"
-        base = _pair_customdata_1d(seq_len, False)  # (L, L, 1)
-        if with_row:
-            full = (
-                _pair_customdata_1d(seq_len, True)
-                if index is None
-                else _small_int(np.concatenate([base, index[..., None]], axis=-1))
-            )  # (L, L, 2)
-            candidates.append((full, one_d + "table row r = %{customdata[1]}<br>"))
-        candidates.append((base, one_d))
-    elif with_row and index is not None:
-        rows_only = "query i = %{y}<br>key j = %{x}<br>table row r = %{customdata}<br>"
-        candidates.append((_small_int(index), rows_only))
-    for cd, tpl in candidates:
-        if cd.nbytes * n_panels <= _HOVER_BUDGET_BYTES:
-            return cd, tpl + value
-    return None, "query i = %{y}<br>key j = %{x}<br>" + value
-
-
-# ----------------------------------------------------------------------------------------------
-# Layout: small multiples on one shared colour axis
-
-
-def _grid_shape(n_panels: int, cols: int | None) -> tuple[int, int]:
-    if cols is None:
-        cols = min(n_panels, 4)
-    cols = check_int("cols", cols)
-    cols = min(cols, n_panels)
-    return math.ceil(n_panels / cols), cols
-
-
-def _axis_ids(k: int) -> tuple[str, str]:
-    """Trace refs (``"x"``, ``"y"``) of panel ``k`` (0-based)."""
-    return ("x", "y") if k == 0 else (f"x{k + 1}", f"y{k + 1}")
-
-
-def _grid_layout(
-    titles: Sequence[str],
-    *,
-    cols: int | None = None,
-    square: bool = True,
-    reverse_y: bool = True,
-    x_title: str | None = None,
-    y_title: str | None = None,
-    panel_px: int | None = None,
-    cells: tuple[int, int] | None = None,
-) -> tuple[dict, list[tuple[str, str]]]:
-    """Axes, domains and panel titles for ``len(titles)`` panels in a grid (row-major).
-
-    ``cells`` (rows, columns of each heatmap): sides of at most 12 cells get a tick on every cell
-    (Plotly would otherwise label half-cells such as -0.5).
-
-    Returns:
-        The layout dict (without ``title``) and each panel's trace axis refs.
-    """
-    n = len(titles)
-    rows, cols = _grid_shape(n, cols)
-    if panel_px is None:
-        panel_px = 460 if n == 1 else 300 if n <= 4 else 240
-    # Gaps in pixels (room for tick labels and panel titles), converted to paper fractions, so any
-    # number of rows and columns fits.
-    gap_x, gap_y = 56, 48
-    paper_w = cols * panel_px + (cols - 1) * gap_x
-    paper_h = rows * panel_px + (rows - 1) * gap_y
-    hgap, vgap = gap_x / paper_w, gap_y / paper_h
-    pw, ph = panel_px / paper_w, panel_px / paper_h
-    layout: dict[str, Any] = {}
-    refs = []
-    annotations = []
-    for k, text in enumerate(titles):
-        r, c = divmod(k, cols)
-        x0 = c * (pw + hgap)
-        y1 = 1.0 - r * (ph + vgap)
-        xr, yr = _axis_ids(k)
-        xname = "xaxis" if k == 0 else f"xaxis{k + 1}"
-        yname = "yaxis" if k == 0 else f"yaxis{k + 1}"
-        # Clamp: float error can put the last row's edge at -5e-17, which Plotly rejects.
-        xa: dict[str, Any] = {"domain": [max(0.0, x0), min(1.0, x0 + pw)], "anchor": yr}
-        ya: dict[str, Any] = {"domain": [max(0.0, y1 - ph), min(1.0, y1)], "anchor": xr}
-        if square:
-            ya.update(scaleanchor=xr, scaleratio=1, constrain="domain")
-            xa.update(constrain="domain")
-        if reverse_y:
-            ya["autorange"] = "reversed"
-        if cells is not None:
-            if cells[0] <= 12:
-                ya["dtick"] = 1
-            if cells[1] <= 12:
-                xa["dtick"] = 1
-        if x_title and r == rows - 1:
-            xa["title"] = {"text": x_title}
-        if y_title and c == 0:
-            ya["title"] = {"text": y_title}
-        layout[xname], layout[yname] = xa, ya
-        refs.append((xr, yr))
-        if n > 1 and text:
-            annotations.append(
-                {
-                    "text": text, "x": x0 + pw / 2, "y": y1, "xref": "paper", "yref": "paper",
-                    "xanchor": "center", "yanchor": "bottom", "showarrow": False,
-                    "font": {"size": 13},
-                }
-            )  # fmt: skip
-    margin = {"l": 64, "r": 40, "t": 84, "b": 56}
-    layout["annotations"] = annotations
-    layout["width"] = int(paper_w + margin["l"] + margin["r"] + 90)  # + colorbar
-    layout["height"] = int(paper_h + margin["t"] + margin["b"])
-    layout["margin"] = margin
-    return layout, refs
-
-
-def _color_range(values: np.ndarray, diverging: bool, zmid: float | None) -> tuple[float, float]:
-    """Shared ``(zmin, zmax)``: the finite data range, symmetric about ``zmid`` (default 0) for a
-    diverging scale."""
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or ±inf (e.g. masked logits): skip them
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            return (-1.0, 1.0) if diverging else (0.0, 1.0)
-        lo, hi = float(finite.min()), float(finite.max())
-    if diverging:
-        mid = 0.0 if zmid is None else float(zmid)
-        half = max(abs(lo - mid), abs(hi - mid)) or 1e-12
-        return mid - half, mid + half
-    if lo == hi:
-        return lo - 0.5, hi + 0.5
-    return lo, hi
-
-
-def _full_title(title: str, notes: Sequence[str | None]) -> str:
-    notes = [n for n in notes if n]
-    return title if not notes else f"{title} ({'; '.join(notes)})"
-
-
-def _coloraxis(colorscale: str, zmin: float, zmax: float, label: str | None) -> dict:
-    axis: dict[str, Any] = {"colorscale": colorscale, "cmin": zmin, "cmax": zmax}
-    if label:
-        axis["colorbar"] = {"title": {"text": label}}
-    return axis
+# Figure kinds shared by the builders
 
 
 def _matrix_figure(
@@ -429,13 +97,13 @@ def _matrix_figure(
     colorscale = resolve_colorscale(cmap)
     diverging = is_diverging(colorscale) or zmid is not None
     n_heads, n = mats.shape[0], mats.shape[-1]
-    _check_tokens(n, window, seq_len, "the matrix")
+    core.check_tokens(n, window, seq_len, "the matrix")
     notes = list(notes)
-    k = _block_factor(n, max_cells)
+    k = core.block_factor(n, max_cells)
     value = f"value = %{{z:{value_fmt}}}"
     if k > 1:
         mats = block_average(mats, k)  # (H, ceil(N/k), ceil(N/k))
-        starts, sizes = _blocks(n, k)
+        starts, sizes = core.blocks(n, k)
         centres = (starts + (sizes - 1) / 2).astype(np.float32)  # block centres in token units
         xs = ys = centres
         cd = None
@@ -443,11 +111,11 @@ def _matrix_figure(
         notes.append(f"block-averaged {k}×{k}: {n}×{n} → {mats.shape[-1]}×{mats.shape[-1]} cells")
     else:
         xs = ys = None
-        cd, tpl = _pair_hover(n, window, seq_len, index, n_panels=n_heads, with_row=with_row, value=value)
-    zmin, zmax = _color_range(mats, diverging, zmid)
+        cd, tpl = core.pair_hover(n, window, seq_len, index, n_panels=n_heads, with_row=with_row, value=value)
+    zmin, zmax = core.color_range(mats, diverging, zmid)
     if panel_titles is None:
         panel_titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(
+    layout, refs = core.grid_layout(
         panel_titles, cols=cols, x_title="key j", y_title="query i", cells=mats.shape[-2:]
     )
     traces = []
@@ -459,8 +127,8 @@ def _matrix_figure(
                 coloraxis="coloraxis", zmin=zmin, zmax=zmax, xaxis=xr, yaxis=yr,
             )
         )  # fmt: skip
-    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, value_label)
-    layout["title"] = {"text": _full_title(title, notes), "x": 0.02}
+    layout["coloraxis"] = core.coloraxis_layout(colorscale, zmin, zmax, value_label)
+    layout["title"] = {"text": core.full_title(title, notes), "x": 0.02}
     return go.Figure(data=traces, layout=layout)
 
 
@@ -502,11 +170,11 @@ def visualize_attention_weights(
     Returns:
         The figure; heads share one colour axis (same range, one colorbar).
     """
-    title, path = _check_title(title), _check_save_path(save_path)
-    mats, note = _as_heads("attn_weights", attn_weights)
+    title, path = core.check_title(title), core.check_save_path(save_path)
+    mats, note = core.as_heads("attn_weights", attn_weights)
     fig = _matrix_figure(
-        mats, title=title, notes=[note], cmap=cmap, zmid=None, window=_window_or_none(window_size),
-        seq_len=_seq_len_or_none(seq_len), index=None, max_cells=max_cells, value_label="weight",
+        mats, title=title, notes=[note], cmap=cmap, zmid=None, window=core.window_or_none(window_size),
+        seq_len=core.seq_len_or_none(seq_len), index=None, max_cells=max_cells, value_label="weight",
         cols=cols,
     )  # fmt: skip
     return _finish(fig, path)
@@ -541,62 +209,21 @@ def visualize_relative_position_bias(
     Returns:
         The figure.
     """
-    title, path = _check_title(title), _check_save_path(save_path)
-    mats, note = _as_heads("bias", bias)
+    title, path = core.check_title(title), core.check_save_path(save_path)
+    mats, note = core.as_heads("bias", bias)
     idx = None
     if index is not None:
-        idx = _to_numpy("index", index, dtype=np.int64)
+        idx = core.to_numpy("index", index, dtype=np.int64)
         if idx.shape != mats.shape[-2:]:
             raise ValueError(f"index must have shape {mats.shape[-2:]} like bias, got {idx.shape}")
     colorscale = resolve_colorscale(cmap)
     fig = _matrix_figure(
         mats, title=title, notes=[note], cmap=colorscale,
-        zmid=0.0 if is_diverging(colorscale) else None, window=_window_or_none(window_size),
-        seq_len=_seq_len_or_none(seq_len), index=idx, max_cells=max_cells, value_label="bias",
+        zmid=0.0 if is_diverging(colorscale) else None, window=core.window_or_none(window_size),
+        seq_len=core.seq_len_or_none(seq_len), index=idx, max_cells=max_cells, value_label="bias",
         cols=cols,
     )  # fmt: skip
     return _finish(fig, path)
-
-
-def _infer_table_geometry(
-    t: int, window: tuple[int, int] | None, seq_len: int | None
-) -> tuple[tuple[int, int] | None, int | None]:
-    """Resolve a table's geometry: explicit arguments first, then an odd square ``T`` -> square 2D
-    window, then an odd ``T`` -> 1D."""
-    if window is not None and seq_len is not None:
-        raise ValueError("pass window_size (2D) or seq_len (1D), not both")
-    if window is not None:
-        h, w = window
-        if (2 * h - 1) * (2 * w - 1) != t:
-            raise ValueError(
-                f"window_size {window} needs (2h-1)(2w-1) = {(2 * h - 1) * (2 * w - 1)} table rows, "
-                f"the table has {t}"
-            )
-        return window, None
-    if seq_len is not None:
-        if 2 * seq_len - 1 != t:
-            raise ValueError(
-                f"seq_len {seq_len} needs 2L-1 = {2 * seq_len - 1} table rows, the table has {t}"
-            )
-        return None, seq_len
-    side = math.isqrt(t)
-    if side * side == t and side % 2 == 1 and side > 1:
-        return ((side + 1) // 2, (side + 1) // 2), None
-    if t % 2 == 1:
-        return None, (t + 1) // 2
-    raise ValueError(
-        f"cannot tell the geometry of a table with {t} rows: pass window_size=(h, w) with "
-        "(2h-1)(2w-1) rows or seq_len=L with 2L-1 rows"
-    )
-
-
-def _as_table(name: str, value: Any) -> np.ndarray:
-    arr = _to_numpy(name, value)
-    if arr.ndim == 1:
-        arr = arr[:, None]  # (T, 1)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (T, H) (table rows x heads), got {tuple(arr.shape)}")
-    return arr
 
 
 def _table_figure(
@@ -612,12 +239,12 @@ def _table_figure(
 ) -> go.Figure:
     """``table`` ``(T, H)`` as per-head offset grids (2D) or curves over offsets (1D)."""
     t, n_heads = table.shape
-    window, seq_len = _infer_table_geometry(t, window, seq_len)
+    window, seq_len = core.infer_table_geometry(t, window, seq_len)
     colorscale = resolve_colorscale(cmap)
     diverging = is_diverging(colorscale)
     if window is None:
         assert seq_len is not None
-        offsets = np.arange(-(seq_len - 1), seq_len)  # (2L-1,): offset i - j of table row r
+        offsets = table_offsets(seq_len).numpy()  # (2L-1,): offset i - j of table row r
         rows = np.arange(t)
         traces = [
             go.Scatter(
@@ -628,7 +255,7 @@ def _table_figure(
             for h in range(n_heads)
         ]  # fmt: skip
         layout = {
-            "title": {"text": _full_title(title, [*notes, f"1D, L = {seq_len}"]), "x": 0.02},
+            "title": {"text": core.full_title(title, [*notes, f"1D, L = {seq_len}"]), "x": 0.02},
             "xaxis": {"title": {"text": "offset i − j"}, "zeroline": True},
             "yaxis": {"title": {"text": value_label}, "zeroline": True},
             "width": 720, "height": 440, "hovermode": "closest",
@@ -638,12 +265,12 @@ def _table_figure(
     h_, w_ = window
     gh, gw = 2 * h_ - 1, 2 * w_ - 1
     grids = table.T.reshape(n_heads, gh, gw)  # (H, 2h-1, 2w-1): row r = (Δy+h-1)(2w-1) + (Δx+w-1)
-    dys = np.arange(-(h_ - 1), h_)  # (2h-1,)
-    dxs = np.arange(-(w_ - 1), w_)  # (2w-1,)
-    rows = _small_int(np.arange(t).reshape(gh, gw))  # (2h-1, 2w-1) table row of each cell
-    zmin, zmax = _color_range(grids, diverging, None)
+    offsets = table_offsets(window).numpy().reshape(gh, gw, 2)  # (2h-1, 2w-1, 2): (Δy, Δx) of row r
+    dys, dxs = offsets[:, 0, 0], offsets[0, :, 1]  # (2h-1,), (2w-1,)
+    rows = core.small_int(np.arange(t).reshape(gh, gw))  # (2h-1, 2w-1) table row of each cell
+    zmin, zmax = core.color_range(grids, diverging, None)
     titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(
+    layout, refs = core.grid_layout(
         titles, cols=cols, x_title="Δx = x_i − x_j", y_title="Δy = y_i − y_j", cells=(gh, gw)
     )
     tpl = (
@@ -659,21 +286,14 @@ def _table_figure(
                 hovertemplate=tpl + f"<extra>head {h}</extra>", xaxis=xr, yaxis=yr,
             )
         )  # fmt: skip
-    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, value_label)
-    layout["title"] = {"text": _full_title(title, [*notes, f"window {h_}×{w_}"]), "x": 0.02}
+    layout["coloraxis"] = core.coloraxis_layout(colorscale, zmin, zmax, value_label)
+    layout["title"] = {"text": core.full_title(title, [*notes, f"window {h_}×{w_}"]), "x": 0.02}
     return go.Figure(data=traces, layout=layout)
 
 
-def _t5_bucket_offsets(num_buckets: int, max_distance: int, seq_len: int | None) -> list[np.ndarray]:
-    """For each bucket, the offsets ``j - i`` (key − query) that fall in it: within ``±(L-1)`` when
-    ``seq_len`` is given, else within ``±max_distance`` (beyond it everything shares the last bucket)."""
-    from relpos.relative_position import t5_relative_position_bucket
-
-    reach = (seq_len - 1) if seq_len is not None else max_distance
-    rel = torch.arange(-reach, reach + 1)  # (2 reach + 1,) offsets key − query
-    buckets = t5_relative_position_bucket(rel, num_buckets, max_distance).numpy()
-    offs = rel.numpy()
-    return [offs[buckets == b] for b in range(num_buckets)]
+def _bucketed(fam: BiasFamily | None) -> bool:
+    """Whether a family's table rows are buckets of offsets (T5) rather than offsets."""
+    return fam is not None and "num_buckets" in fam.options
 
 
 def _offset_ranges(offs: np.ndarray) -> str:
@@ -693,7 +313,7 @@ def _t5_table_figure(
     if t < 4:
         raise ValueError(f"a t5 table needs num_buckets >= 4 rows, the table has {t}")
     max_distance = 128 if max_distance is None else check_int("max_distance", max_distance, minimum=t // 4 + 1)
-    per_bucket = _t5_bucket_offsets(t, max_distance, seq_len)
+    per_bucket = t5_bucket_offsets(t, max_distance, reach=None if seq_len is None else seq_len - 1)
     labels = np.array([_offset_ranges(o) for o in per_bucket], dtype=object)  # (num_buckets,)
     counts = np.array([o.size for o in per_bucket])  # (num_buckets,)
     buckets = np.arange(t)
@@ -712,7 +332,7 @@ def _t5_table_figure(
     half = t // 2
     reach = f"L = {seq_len}" if seq_len is not None else f"offsets up to ±{max_distance}"
     layout = {
-        "title": {"text": _full_title(title, [f"T5, {t} buckets, max_distance {max_distance}", reach]), "x": 0.02},
+        "title": {"text": core.full_title(title, [f"T5, {t} buckets, max_distance {max_distance}", reach]), "x": 0.02},
         "xaxis": {"title": {"text": f"bucket (0..{half - 1}: key before or at query; {half}..{t - 1}: key after;"
                             " open marker: no offset falls in it)"},
                   "dtick": 1 if t <= 40 else None, "range": [-0.5, t - 0.5]},
@@ -736,28 +356,22 @@ def t5_bucket_map_figure(
         seq_len: draw offsets within ``±(L-1)`` (default ``±max_distance``).
         title: figure title.
     """
-    from relpos.relative_position import t5_relative_position_bucket
-
     num_buckets = check_int("num_buckets", num_buckets, minimum=4)
     max_distance = check_int("max_distance", max_distance, minimum=num_buckets // 4 + 1)
     reach = (check_int("seq_len", seq_len) - 1) if seq_len is not None else max_distance
     rel = torch.arange(-reach, reach + 1)  # (2 reach + 1,)
-    buckets = t5_relative_position_bucket(rel, num_buckets, max_distance).numpy()
+    buckets = t5_bucket(rel, num_buckets, max_distance).numpy()
     trace = go.Scatter(
         x=rel.numpy(), y=buckets, mode="lines+markers", line={"shape": "hv"}, name="bucket",
         hovertemplate="offset j − i = %{x}<br>bucket %{y}<extra></extra>",
     )  # fmt: skip
     layout = {
-        "title": {"text": _check_title(title), "x": 0.02},
+        "title": {"text": core.check_title(title), "x": 0.02},
         "xaxis": {"title": {"text": "offset j − i (key − query)"}, "zeroline": True},
         "yaxis": {"title": {"text": "bucket"}, "range": [-0.5, num_buckets - 0.5]},
         "width": 720, "height": 360, "hovermode": "closest",
     }  # fmt: skip
     return go.Figure(data=[trace], layout=layout)
-
-
-#: Names of the three class-token rows at the end of a "2d_cls" table, in order.
-CLS_ROW_NAMES: tuple[str, ...] = ("cls → token", "token → cls", "cls → cls")
 
 
 def visualize_bias_table(
@@ -779,46 +393,47 @@ def visualize_bias_table(
         bias_table: ``(T, H)`` (or ``(T,)`` for one head), e.g. ``rpb.effective_table()``.
         save_path: where to save the figure (``.html``, ``.png`` or ``.svg``), or None.
         title: figure title.
-        window_size: ``(h, w)`` of a 2D table (``T = (2h-1)(2w-1)``, ``+ 3`` for "2d_cls").
-        seq_len: ``L`` of a 1D table (``T = 2L-1``); for "t5" the length whose offsets the hover lists.
-            Neither given: ``T`` the square of an odd number -> square 2D window; other odd ``T``
-            -> 1D; otherwise ValueError.
+        window_size: ``(h, w)`` of a 2D table (``T = (2h-1)(2w-1)``, plus the class-token rows).
+        seq_len: ``L`` of a 1D table (``T = 2L-1``); for a bucketed (T5) table the length whose
+            offsets the hover lists. Neither given: ``T`` the square of an odd number -> square 2D
+            window; other odd ``T`` -> 1D; otherwise ValueError.
         cmap: matplotlib or Plotly colormap name (2D grids; diverging scales centred at 0). Default
-            ``"coolwarm"``, ``"viridis"`` for "cpb" (its values lie in ``(0, 16)``, not around 0).
+            ``"coolwarm"``, or ``"viridis"`` when every value is positive (nothing to centre: e.g.
+            Swin V2's continuous bias, ``16·sigmoid(·)`` in ``(0, 16)``).
         cols: panels per row.
-        bias_type: the family (one of :data:`relpos.relative_position.BIAS_TYPES`) or None (a plain
-            "1d"/"2d" table). "t5": ``T = num_buckets`` rows drawn as curves over bucket indices (hover:
-            the offsets ``j − i`` in each bucket). "2d_cls": the last 3 rows (:data:`CLS_ROW_NAMES`)
-            are left out of the grid and written under it per head. "cpb" (the MLP's ``16·sigmoid``
-            output over the log-spaced offsets) and 2D "alibi" are drawn as 2D grids.
-        max_distance: "t5" only: the table's ``max_distance`` (default 128), for the hover.
+        bias_type: the family (one of :data:`relpos.families.BIAS_TYPES`) or None (a plain 1D or 2D
+            table). A family with buckets (T5: ``T = num_buckets``) is drawn as curves over bucket
+            indices (hover: the offsets ``j − i`` in each bucket). A family with class-token rows
+            (BEiT: ``FAMILIES[bias_type].extra_rows``, named :data:`CLS_ROW_NAMES`) has them left
+            out of the grid and written under it per head. The others are drawn as their offset grid
+            (2D) or curve (1D).
+        max_distance: bucketed families only: the table's ``max_distance`` (default 128), for the hover.
 
     Returns:
         The figure: grid cell ``(Δy, Δx)`` of head ``h`` shows
         ``table[(Δy + h - 1)(2w - 1) + (Δx + w - 1), h]``.
     """
-    from relpos.relative_position import BIAS_TYPES
-
-    title, path = _check_title(title), _check_save_path(save_path)
-    if bias_type is not None:
-        check_choice("bias_type", bias_type, BIAS_TYPES)
-    table = _as_table("bias_table", bias_table)
+    title, path = core.check_title(title), core.check_save_path(save_path)
+    fam = None if bias_type is None else family(bias_type)
+    table = core.as_table("bias_table", bias_table)
     if cmap is None:
-        cmap = "viridis" if bias_type == "cpb" else "coolwarm"
-    if bias_type == "t5":
-        fig = _t5_table_figure(table, title=title, seq_len=_seq_len_or_none(seq_len),
+        finite = table[np.isfinite(table)]
+        cmap = "viridis" if finite.size and finite.min() > 0 else "coolwarm"
+    if _bucketed(fam):
+        fig = _t5_table_figure(table, title=title, seq_len=core.seq_len_or_none(seq_len),
                                max_distance=max_distance, value_label="bias")
         return _finish(fig, path)
     notes: list[str] = []
     cls_rows = None
-    if bias_type == "2d_cls":
-        if table.shape[0] < 4:
-            raise ValueError(f"a 2d_cls table needs (2h-1)(2w-1) + 3 rows, the table has {table.shape[0]}")
-        table, cls_rows = table[:-3], table[-3:]  # (T-3, H) grid rows, (3, H) class-token rows
+    extra = fam.extra_rows if fam is not None else 0
+    if extra:
+        if table.shape[0] <= extra:
+            raise ValueError(f"a {fam.name} table needs (2h-1)(2w-1) + {extra} rows, the table has {table.shape[0]}")
+        table, cls_rows = table[:-extra], table[-extra:]  # (T-extra, H) grid rows, (extra, H) class-token rows
         notes.append("class-token rows below")
     fig = _table_figure(
-        table, title=title, notes=notes, window=_window_or_none(window_size),
-        seq_len=_seq_len_or_none(seq_len), cmap=cmap, value_label="bias", cols=cols,
+        table, title=title, notes=notes, window=core.window_or_none(window_size),
+        seq_len=core.seq_len_or_none(seq_len), cmap=cmap, value_label="bias", cols=cols,
     )  # fmt: skip
     if cls_rows is not None:
         shown = min(cls_rows.shape[1], 8)
@@ -867,23 +482,23 @@ def visualize_position_index(
     Returns:
         The figure (z is the index itself).
     """
-    title, path = _check_title(title), _check_save_path(save_path)
-    idx = _to_numpy("index", index, dtype=np.int64)
+    title, path = core.check_title(title), core.check_save_path(save_path)
+    idx = core.to_numpy("index", index, dtype=np.int64)
     if idx.ndim != 2 or idx.shape[0] != idx.shape[1]:
         raise ValueError(f"index must have shape (N, N), got {tuple(idx.shape)}")
     n = idx.shape[0]
-    window, seq_len = _window_or_none(window_size), _seq_len_or_none(seq_len)
+    window, seq_len = core.window_or_none(window_size), core.seq_len_or_none(seq_len)
     if window is None and seq_len is None:
         side = math.isqrt(n)
-        if side * side == n and np.array_equal(idx, _swin_index(side, side)):
+        if side * side == n and np.array_equal(idx, relative_position_index((side, side)).numpy()):
             window = (side, side)
-        elif np.array_equal(idx, _index_1d(n)):
+        elif np.array_equal(idx, relative_position_index(n).numpy()):
             seq_len = n
-    z = _small_int(idx)
+    z = core.small_int(idx)
     fig = _matrix_figure(
         z[None], title=title, notes=[], cmap=cmap, zmid=None, window=window, seq_len=seq_len,
         index=None, max_cells=max_cells, with_row=False, value_label="table row r",
-        value_fmt="d" if _block_factor(n, max_cells) == 1 else ".1f",
+        value_fmt="d" if core.block_factor(n, max_cells) == 1 else ".1f",
     )  # fmt: skip
     # The index is an integer: say so in the hover's last line.
     tr = fig.data[0]
@@ -891,20 +506,10 @@ def visualize_position_index(
     return _finish(fig, path)
 
 
-def _swin_index(h: int, w: int) -> np.ndarray:
-    cd = _pair_customdata_2d(h, w, True)
-    return cd[..., 6].astype(np.int64)  # (N, N)
-
-
-def _index_1d(n: int) -> np.ndarray:
-    pos = np.arange(n)
-    return pos[:, None] - pos[None, :] + n - 1  # (N, N)
-
-
 def _image_layer(image: Any, window: tuple[int, int]) -> dict[str, Any]:
     """``go.Image`` arguments: the input image as an RGB PNG data URI stretched over the ``(h, w)``
     grid (a PNG is a fraction of the size of the pixel array in the figure JSON)."""
-    arr = _to_numpy("image", image)
+    arr = core.to_numpy("image", image)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
     elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] in (1, 3, 4):
@@ -970,32 +575,32 @@ def query_centric_figure(
         The figure: panel ``h`` cell ``(y, x)`` is ``matrix[h, query, y * w + x]``; the query cell
         is outlined.
     """
-    mats, note = _as_heads("matrix", matrix)
+    mats, note = core.as_heads("matrix", matrix)
     window = check_window_size("window_size", window_size)
     h_, w_ = window
     n_heads, n = mats.shape[0], mats.shape[-1]
-    _check_tokens(n, window, None, "matrix")
+    core.check_tokens(n, window, None, "matrix")
     query = check_int("query", query, minimum=0, maximum=n - 1)
     qy, qx = divmod(query, w_)
     if title is None:
         title = f"Query i = {query} at (y, x) = ({qy}, {qx})"
-    title, path = _check_title(title), _check_save_path(save_path)
+    title, path = core.check_title(title), core.check_save_path(save_path)
     colorscale = resolve_colorscale(cmap)
     if zmid is not None:
         zmid = float(zmid)
     grids = mats[:, query, :].reshape(n_heads, h_, w_)  # (H, h, w): key j = y * w + x
-    pairs = _pair_customdata_2d(h_, w_, True)[query].astype(np.int32)  # (N, 7) of pairs (query, j)
+    pairs = core.pair_customdata_2d(h_, w_, True)[query].astype(np.int32)  # (N, 7) of pairs (query, j)
     keys = np.arange(n, dtype=np.int32)[:, None]  # (N, 1)
-    cd = _small_int(np.concatenate([keys, pairs[:, 4:]], axis=1).reshape(h_, w_, 4))  # j, Δy, Δx, r
+    cd = core.small_int(np.concatenate([keys, pairs[:, 4:]], axis=1).reshape(h_, w_, 4))  # j, Δy, Δx, r
     tpl = (
         f"query i = {query} at ({qy}, {qx})<br>"
         "key j = %{customdata[0]} at (y, x) = (%{y}, %{x})<br>"
         "offset (Δy, Δx) = (%{customdata[1]}, %{customdata[2]})<br>"
         "table row r = %{customdata[3]}<br>value = %{z:.4g}"
     )
-    zmin, zmax = _color_range(grids, zmid is not None or is_diverging(colorscale), zmid)
+    zmin, zmax = core.color_range(grids, zmid is not None or is_diverging(colorscale), zmid)
     titles = [f"head {h}" for h in range(n_heads)] if n_heads > 1 else [""]
-    layout, refs = _grid_layout(titles, cols=cols, x_title="x", y_title="y", cells=(h_, w_))
+    layout, refs = core.grid_layout(titles, cols=cols, x_title="x", y_title="y", cells=(h_, w_))
     if opacity is None:
         opacity = 0.55 if image is not None else 1.0
     img_layer = _image_layer(image, window) if image is not None else None
@@ -1025,8 +630,8 @@ def query_centric_figure(
         layout[yname]["range"] = [h_ - 0.5, -0.5]
         layout[yname].pop("autorange", None)
     layout["shapes"] = shapes
-    layout["coloraxis"] = _coloraxis(colorscale, zmin, zmax, "value")
-    layout["title"] = {"text": _full_title(title, [note]), "x": 0.02}
+    layout["coloraxis"] = core.coloraxis_layout(colorscale, zmin, zmax, "value")
+    layout["title"] = {"text": core.full_title(title, [note]), "x": 0.02}
     return _finish(go.Figure(data=traces, layout=layout), path)
 
 
@@ -1061,12 +666,12 @@ def training_curves_figure(
     Returns:
         A two-panel figure (loss, accuracy); one colour per run, solid train, dashed eval.
     """
-    title = _check_title(title)
+    title = core.check_title(title)
     if not isinstance(runs, Mapping):
         raise TypeError(
             f"runs must be a dict of run name -> list of metric records, got {type(runs).__name__}"
         )
-    layout, refs = _grid_layout(["loss", "accuracy"], cols=2, square=False, reverse_y=False, panel_px=380)
+    layout, refs = core.grid_layout(["loss", "accuracy"], cols=2, square=False, reverse_y=False, panel_px=380)
     layout["height"] = 420
     traces = []
     any_points = False
@@ -1149,7 +754,7 @@ def difference_figure(
         cols: panels per row.
         save_path: where to save the figure, or None.
         bias_type, max_distance: tables of a family, drawn as :func:`visualize_bias_table` draws
-            them ("t5": a curve over buckets; "2d_cls": the grid, class-token rows written below).
+            them (buckets: a curve over buckets; class-token rows: the grid, those rows written below).
 
     Returns:
         The figure; the title carries ``max |b - a|``.
@@ -1158,120 +763,33 @@ def difference_figure(
     if isinstance(names, str) or not isinstance(names, Sequence) or len(names) != 2:
         raise TypeError(f"names must be a pair of str, got {names!r}")
     na, nb = (str(x) for x in names)
-    arr_a, arr_b = _to_numpy("a", a), _to_numpy("b", b)
+    arr_a, arr_b = core.to_numpy("a", a), core.to_numpy("b", b)
     if arr_a.shape != arr_b.shape:
         raise ValueError(f"a and b must have the same shape, got a {arr_a.shape} and b {arr_b.shape}")
     diff = arr_b - arr_a
     if title is None:
         title = f"{nb} − {na}"
-    title, path = _check_title(title), _check_save_path(save_path)
+    title, path = core.check_title(title), core.check_save_path(save_path)
     finite = diff[np.isfinite(diff)]
     note = f"max |{nb} − {na}| = {float(np.abs(finite).max()) if finite.size else float('nan'):.3g}"
     if kind == "auto":
         kind = "bias" if diff.ndim >= 3 or (diff.ndim == 2 and diff.shape[0] == diff.shape[1]) else "table"
-    window, seq = _window_or_none(window_size), _seq_len_or_none(seq_len)
-    if kind == "table" and bias_type in ("t5", "2d_cls"):
+    window, seq = core.window_or_none(window_size), core.seq_len_or_none(seq_len)
+    fam = None if bias_type is None else family(bias_type)
+    if kind == "table" and (_bucketed(fam) or (fam is not None and fam.extra_rows)):
         return visualize_bias_table(
-            _as_table("b - a", diff), save_path=path, title=_full_title(title, [note]), window_size=window,
+            core.as_table("b - a", diff), save_path=path, title=core.full_title(title, [note]), window_size=window,
             seq_len=seq, cmap=cmap, cols=cols, bias_type=bias_type, max_distance=max_distance,
         )  # fmt: skip
     if kind == "table":
         fig = _table_figure(
-            _as_table("b - a", diff), title=title, notes=[note], window=window, seq_len=seq,
+            core.as_table("b - a", diff), title=title, notes=[note], window=window, seq_len=seq,
             cmap=cmap, value_label="difference", cols=cols,
         )  # fmt: skip
     else:
-        mats, bnote = _as_heads("b - a", diff)
+        mats, bnote = core.as_heads("b - a", diff)
         fig = _matrix_figure(
             mats, title=title, notes=[bnote, note], cmap=cmap, zmid=0.0, window=window, seq_len=seq,
             index=None, max_cells=max_cells, value_label="difference", cols=cols,
         )  # fmt: skip
     return _finish(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving
-
-
-def _find_browser() -> str:
-    """The Chrome/Chromium kaleido will use; sets ``BROWSER_PATH`` when it was unset."""
-    env = os.environ.get("BROWSER_PATH")
-    if env:
-        if Path(env).is_file() and os.access(env, os.X_OK):
-            return env
-        raise RuntimeError(
-            f"BROWSER_PATH={env!r} is not an executable file. Point BROWSER_PATH at a Chrome or "
-            "Chromium executable (e.g. /usr/bin/chromium), or unset it."
-        )
-    for name in _BROWSER_NAMES:
-        found = shutil.which(name)
-        if found:
-            os.environ["BROWSER_PATH"] = found
-            return found
-    raise RuntimeError(
-        "Saving a figure as PNG or SVG needs Chrome or Chromium (kaleido drives it) and none was "
-        "found on the PATH. Install Chromium (Debian/Ubuntu: `sudo apt-get install -y chromium`) "
-        "or set the BROWSER_PATH environment variable to a Chrome/Chromium executable; "
-        "or save as .html, which needs no browser."
-    )
-
-
-def figure_bytes(fig: go.Figure, fmt: str = "html") -> bytes:
-    """The figure as file contents, e.g. for a download button.
-
-    Args:
-        fig: the figure.
-        fmt: ``"html"`` (self-contained: plotly.js inlined, works offline), ``"png"`` or ``"svg"``
-            (rendered by kaleido in Chrome/Chromium, a few seconds per call: each call starts a
-            browser).
-
-    Returns:
-        The bytes of the file.
-
-    Raises:
-        ValueError: unknown ``fmt``.
-        RuntimeError: PNG/SVG asked for and no Chrome/Chromium found (the message says how to
-            install one or set ``BROWSER_PATH``).
-    """
-    if not isinstance(fig, go.Figure):
-        raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
-    fmt = check_choice("fmt", fmt, tuple(s[1:] for s in SAVE_SUFFIXES))
-    if fmt == "html":
-        return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
-    _find_browser()
-    return fig.to_image(format=fmt)
-
-
-def save_figure(fig: go.Figure, save_path: str | Path) -> Path:
-    """Save ``fig`` by suffix: ``.html`` (self-contained, works offline), ``.png`` or ``.svg``
-    (through kaleido and Chrome/Chromium). Parent folders are created; the file is written
-    atomically (a reader never sees half a file).
-
-    Args:
-        fig: the figure.
-        save_path: target file.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: unknown suffix (the message lists the allowed ones).
-        RuntimeError: PNG/SVG asked for and no Chrome/Chromium found.
-    """
-    if not isinstance(fig, go.Figure):
-        raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
-    path = _check_save_path(save_path)
-    if path is None:
-        raise TypeError("save_path must be a str or pathlib.Path, got None")
-    suffix = path.suffix.lower()
-    if suffix not in SAVE_SUFFIXES:
-        raise ValueError(
-            f"save_path must end in one of {', '.join(SAVE_SUFFIXES)}, got {str(save_path)!r}"
-        )
-    atomic_write_bytes(path, figure_bytes(fig, suffix[1:]))  # renders first: no folder on failure
-    return path
-
-
-def figure_payload_bytes(fig: go.Figure) -> int:
-    """Size of the figure's JSON in bytes (what the app sends to the browser per chart)."""
-    return len(fig.to_json().encode("utf-8"))
