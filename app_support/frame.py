@@ -48,6 +48,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("pages/6_resize_lab.py", "Resize lab", ":material/aspect_ratio:", "move a trained table to a new window"),
     NavItem("pages/7_import_checkpoint.py", "Import checkpoint", ":material/download:",
             "read Swin / BEiT tables from a file"),
+    NavItem("pages/8_experiments.py", "Experiments", ":material/leaderboard:",
+            "compare position schemes over seeds: a leaderboard"),
 )
 #: Page-local keys of the picker widgets (never read by pages: they read the ``state.SEL_*`` keys).
 W_SOURCE, W_LAYER, W_HEAD = "frame_source", "frame_layer", "frame_head"
@@ -90,7 +92,7 @@ def navigation(items: tuple[NavItem, ...] = NAV) -> None:
         try:
             st.page_link(item.path, label=item.label, icon=item.icon)
         except StreamlitPageNotFoundError:  # a page run on its own (e.g. AppTest.from_file): no registry
-            st.caption(f"{item.label}")
+            st.caption(item.label)
 
 
 def _copy_back(sel_key: str, widget_key: str) -> None:

@@ -21,9 +21,10 @@ import streamlit as st
 from relpos import diagnostics as probes  # (this module's own `diagnostics` is the cached loader)
 from relpos import explore, geometry, jobs, presets
 from relpos.checkpoint_import import import_checkpoint
-from relpos.experiments import rundir
+from relpos.experiments import leaderboard, rundir, run_table
 from relpos.experiments.config import fresh_model, preset_config as resolved_preset
 from relpos.experiments.resize_lab import resize_lab as _resize_lab
+from relpos.experiments.sweep_results import summarize as _summarize_sweep
 
 #: Plain session keys of the shared choices (set with setdefault, never used as widget keys).
 SEL_SOURCE = "sel_source"
@@ -278,3 +279,35 @@ def run_curves(paths: list[str]) -> dict[str, list[dict]]:
         if (run / rundir.STATUS_FILE).is_file() and run.parent.resolve() == root:
             curves.setdefault(run.name, rundir.read_metrics(run))
     return curves
+
+
+# ----------------------------------------------------------------------------- runs and sweeps
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _run_columns(path: str, status_modified: float, config_modified: float) -> dict:
+    return run_table.run_columns(path)
+
+
+def runs_with_columns() -> list[dict]:
+    """:func:`relpos.jobs.list_runs` rows of the runs root, each with its config columns
+    (:func:`relpos.experiments.run_table.run_columns`: scheme, seed, preset, changed...), cached per
+    run until its status or config file changes."""
+    rows = jobs.list_runs(runs_root())
+    for row in rows:
+        run = Path(row["path"])
+        row.update(_run_columns(row["path"], mtime(run / rundir.STATUS_FILE), mtime(run / rundir.CONFIG_FILE)))
+    return rows
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the sweep...")
+def _sweep_view(sweep_dir: str, signature: tuple) -> dict:
+    sweep = _summarize_sweep(sweep_dir)  # also rewrites runs.csv, summary.csv and summary.md
+    return {"sweep": sweep, "rows": leaderboard.leaderboard_rows(sweep), "curves": leaderboard.sweep_curves(sweep),
+            "active": leaderboard.is_active(sweep)}
+
+
+def sweep_view(sweep_dir: str | Path) -> dict:
+    """A sweep as it stands: ``{"sweep"`` (load_sweep's dict), ``"rows"`` (the leaderboard), ``"curves"``,
+    ``"active"}``; read again whenever a member writes (:func:`relpos.experiments.leaderboard.sweep_signature`)."""
+    return _sweep_view(str(sweep_dir), leaderboard.sweep_signature(sweep_dir))

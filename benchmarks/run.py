@@ -1,6 +1,6 @@
 """Run every benchmark and write the tables into BENCHMARKS.md.
 
-Usage: ``python -m benchmarks.run [--quick] [--out BENCHMARKS.md] [--skip app,vit,...]``
+Usage: ``python -m benchmarks.run [--quick] [--out BENCHMARKS.md] [--skip app,vit,rope,...]``
 (``python benchmarks/run.py`` works too). The full run takes under ~10 minutes on 2 threads, the
 quick one under 2. The tables replace the part of the output file between the ``results`` markers;
 the hand-written notes around them are kept.
@@ -23,7 +23,7 @@ import torch
 from benchmarks import common
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-SECTIONS = ("equivalence", "module", "sweep", "gather", "vit", "app")
+SECTIONS = ("equivalence", "module", "sweep", "gather", "rope", "vit", "threads", "compile", "app")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(common.THREADS)
-    from benchmarks import app_bench, attention_bench, vit_bench
+    from benchmarks import app_bench, attention_bench, compile_bench, rope_bench, threads_bench, vit_bench
 
     start = time.perf_counter()
     rounds = 9 if args.quick else 25
@@ -90,11 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         print("gather ...", flush=True)
         parts += ["### The bias gather alone, and its share of the module's time",
                   attention_bench.gather_share(rounds, records)]
+    if "rope" not in skip:
+        print("rope ...", flush=True)
+        table, _ = rope_bench.rope_section(rounds)
+        parts += ["### RoPE vs the 2D bias vs no position: MultiHeadAttention steps, ratios to no position "
+                  "(benchmarks/rope_bench.py)", table]
     if "vit" not in skip:
         print("vit ...", flush=True)
         table, _ = vit_bench.vit_section(2 if args.quick else 5)
         parts += [f"### ViT (img 32, patch 4, embed 192, depth 6, heads 3, batch {vit_bench.BATCH}, AdamW(fused=True), "
                   "relative position bias)", table]
+    if "threads" not in skip:
+        print("threads ...", flush=True)
+        parts += ["### Two runs at once: torch threads per run (benchmarks/threads_bench.py)",
+                  threads_bench.threads_section(epochs=1, rounds=1 if args.quick else 2)]
+    if "compile" not in skip:
+        print("compile ...", flush=True)
+        parts += ["### torch.compile on the default model: compile time, step time, break-even "
+                  "(benchmarks/compile_bench.py)", compile_bench.compile_section(steps=20 if args.quick else 40)]
     if "app" not in skip:
         print("app ...", flush=True)
         parts += ["### App: server-side render time at defaults (AppTest) and chart payloads",

@@ -1,28 +1,37 @@
-"""Page 4: train a small model in the background and watch it learn."""
+"""Page 4: train small models in the background, in a queue, with any position scheme, and compare runs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from app_support import state, ui
+from app_support import runs_ui, state, ui
 from app_support.frame import page_frame
 from relpos import explore, jobs
-from relpos.experiments import rundir
+from relpos.experiments import leaderboard, rundir, run_table
 from relpos.experiments import visualize as viz
-from relpos.experiments.config import DATASETS, check_run_settings, train_overrides
+from relpos.experiments.config import DATASETS, check_run_settings
+from relpos._fileio import sanitize_name
 
 page_frame("Train", ":material/model_training:")
 st.markdown(
-    "Pick a preset, change the main settings, press **Start**: training runs as a separate process, "
-    "so it goes on through page switches, closed tabs and app restarts. Progress, curves and the log "
-    "refresh on their own. **Try first:** start the *default* preset once with the bias on and once "
-    "with it off, then compare the two runs on the Checkpoints page."
+    "Pick a preset and a **position scheme**, press **Start**: each run trains as a separate process in "
+    "a queue (at most a few at once; the rest wait and start by themselves), through page switches, "
+    "closed tabs and app restarts. **Try first:** the *default* preset with a relative bias (*2D table*), "
+    "then with nothing at all, then with an absolute embedding, and compare them below or on **Experiments**."
 )
 RUN_EVERY_S = 2.0
 ROOT = state.runs_root()
 FORM_DATASETS = tuple(d for d in DATASETS if d != "folder")  # a folder needs a path the form does not ask for
+TRY_FIRST = ("2d", "none", "absolute")
+
+if st.button("Queue the try-first trio (2D table, none, absolute on *default*)", key="tr_try_first"):
+    with ui.guard("queue the trio", "check the configs/ folder and the runs folder"):
+        spec = leaderboard.build_spec("try-first", "default", TRY_FIRST, seeds=1,
+                                      description="Relative 2D table vs no position vs absolute embedding.")
+        folder = leaderboard.queue_sweep(spec, ROOT)
+        st.session_state["ex_sweep_pending"] = str(folder)
+        st.toast(f"Queued {folder.name}: its leaderboard is on Experiments")
+runs_ui.lesson_note(ROOT)
 
 with ui.guard("read the presets", "check the configs/ folder"):
     presets = jobs.list_presets()
@@ -32,70 +41,86 @@ with ui.guard("read the presets", "check the configs/ folder"):
     preset = st.selectbox("Preset", presets, key="tr_preset",
                           help="configs/<name>.yaml; 'default' trains in about a minute, 'tiny' in seconds.")
     cfg = state.preset_config(preset)
-    data, model_cfg, train_cfg = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
+    data, model_cfg, train_cfg = cfg["data"], cfg["model"], cfg["train"]
+    st.subheader("Position information")
+    scheme, options = runs_ui.scheme_picker(f"tr_{preset}", model_cfg["scheme"])
     with st.form("tr_form", border=True):
         st.caption(f"Settings start from configs/{preset}.yaml; only what you change here is overridden.")
         c1, c2, c3, c4 = st.columns(4)
-        ds_default = data.get("dataset", "relational")
-        options = list(FORM_DATASETS) if ds_default in FORM_DATASETS else [ds_default, *FORM_DATASETS]
-        dataset = c1.selectbox("Dataset", options, index=options.index(ds_default), key=f"tr_dataset_{preset}")
-        img_size = c1.number_input("Image size", 4, 512, int(data.get("img_size", 32)), key=f"tr_img_{preset}")
-        patch = c1.number_input("Patch size", 1, 64, int(data.get("patch_size", 4)), key=f"tr_patch_{preset}")
-        depth = c2.number_input("Depth (blocks)", 1, 24, int(model_cfg.get("depth", 2)), key=f"tr_depth_{preset}")
-        heads = c2.number_input("Heads", 1, explore.MAX_HEADS, int(model_cfg.get("num_heads", 4)),
-                                key=f"tr_heads_{preset}")
-        use_bias = c3.toggle("Relative position bias", bool(model_cfg.get("use_relative_position", True)),
-                             key=f"tr_bias_{preset}")
-        epochs = c3.number_input("Epochs", 1, 1000, int(train_cfg.get("epochs", 5)), key=f"tr_epochs_{preset}")
-        lr = c4.number_input("Learning rate", 1e-5, 1.0, float(train_cfg.get("lr", 1e-3)), format="%.5f",
-                             key=f"tr_lr_{preset}")
-        name = c4.text_input("Run name (optional)", "", max_chars=40, key=f"tr_name_{preset}")
+        ds_default = data["dataset"]
+        choices = list(FORM_DATASETS) if ds_default in FORM_DATASETS else [ds_default, *FORM_DATASETS]
+        dataset = c1.selectbox("Dataset", choices, index=choices.index(ds_default), key=f"tr_dataset_{preset}")
+        img_size = c1.number_input("Image size", 4, 512, int(data["img_size"]), key=f"tr_img_{preset}")
+        patch = c1.number_input("Patch size", 1, 64, int(data["patch_size"]), key=f"tr_patch_{preset}",
+                                help="The bias window (and the rotary grid) is the patch grid: image / patch per side.")
+        depth = c2.number_input("Depth (blocks)", 1, 24, int(model_cfg["depth"]), key=f"tr_depth_{preset}")
+        heads = c2.number_input("Heads", 1, explore.MAX_HEADS, int(model_cfg["num_heads"]), key=f"tr_heads_{preset}")
+        epochs = c3.number_input("Epochs", 1, 1000, int(train_cfg["epochs"]), key=f"tr_epochs_{preset}")
+        lr = c3.number_input("Learning rate", 1e-5, 1.0, float(train_cfg["lr"]), format="%.5f", key=f"tr_lr_{preset}")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg["seed"]), key=f"tr_seed_{preset}")
+        repeat = c4.number_input("Repeat × N seeds", 1, leaderboard.MAX_APP_SEEDS, 1, key=f"tr_repeat_{preset}",
+                                 help="N runs with seeds seed, seed+1, ...: the spread tells how sure a result is.")
+        name = c2.text_input("Run name (optional)", "", max_chars=40, key=f"tr_name_{preset}")
+        st.caption(f"Patch grid now: {int(data['img_size']) // int(data['patch_size'])} per side "
+                   "(image size / patch size; changed values apply on Start).")
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
-        overrides = train_overrides(
-            cfg, dataset=dataset, img_size=int(img_size), patch_size=int(patch), depth=int(depth),
-            num_heads=int(heads), use_relative_position=bool(use_bias), epochs=int(epochs), lr=float(lr),
-        )
+        seeds = run_table.seeds_from(int(seed), int(repeat))
+        base = sanitize_name(name or (preset if scheme == model_cfg["scheme"] else f"{preset}-{scheme}"))
         try:
-            check_run_settings(cfg, overrides, max_grid_side=explore.MAX_WINDOW_SIDE)
-            run_dir = jobs.start_run(preset, overrides, runs_root=ROOT, name=name or None)
-        except jobs.RunLimitError as exc:
-            st.warning(f"**Not started:** {exc}.", icon=":material/hourglass_top:")
+            settings = dict(dataset=dataset, img_size=int(img_size), patch_size=int(patch), depth=int(depth),
+                            num_heads=int(heads), epochs=int(epochs), lr=float(lr))
+            plans = [run_table.run_overrides(cfg, scheme=scheme, options=options, seed=s, **settings) for s in seeds]
+            check_run_settings(cfg, plans[0], max_grid_side=explore.MAX_WINDOW_SIDE)
+            dirs = [jobs.start_run(preset, o, runs_root=ROOT, name=f"{base}-s{s}" if len(seeds) > 1 else base)
+                    for s, o in zip(seeds, plans)]
         except (ValueError, TypeError) as exc:
             st.error(f"**These settings cannot train:** {exc}\n\n**What to do:** change the setting named "
                      "above and press Start again.", icon=":material/error:")
         else:
-            st.session_state["tr_selected_pending"] = run_dir.name
-            st.toast(f"Started {run_dir.name}")
+            st.session_state[runs_ui.TRAIN_SELECT] = dirs[0].name
+            st.toast(f"Queued {len(dirs)} run(s): {', '.join(d.name for d in dirs)}")
             st.rerun()
 
 
 def runs_section() -> None:
-    """The runs and the chosen run's progress, curves and log (a fragment that polls while one is active)."""
+    """The queue, the runs table (filter, groups, overlaid curves) and the chosen run (polls while one is active)."""
     with ui.guard("show the runs", f"check that {ROOT}/ is readable, then reload the page"):
         jobs.reconcile_runs(ROOT)  # a trainer killed from outside (OOM, kill -9) shows as failed at once
-        rows = jobs.list_runs(ROOT)
+        rows = state.runs_with_columns()
+        active_rows = [r for r in rows if r["state"] in jobs.ACTIVE_STATES]
+        if active_rows:
+            st.subheader("Queue")
+            runs_ui.queue_panel(active_rows, key="tr_queue")
         st.subheader("Runs")
         if not rows:
             st.info(f"No run yet in {ROOT}/. Start one above.")
             return
-        ui.runs_table(rows, key="tr_table")
+        f1, f2 = st.columns([3, 1])
+        shown = run_table.filter_runs(rows, f1.text_input("Filter", key="tr_filter", placeholder="e.g. t5 done seed"))
+        group = f2.selectbox("Group by", ["(no grouping)", *run_table.GROUP_KEYS], key="tr_group")
+        if group != "(no grouping)":
+            runs_ui.groups_table(shown, group, key="tr_groups")
+        runs_ui.runs_table(shown, key="tr_table")
         names = [r["name"] for r in rows]
-        pending = st.session_state.pop("tr_selected_pending", None)
+        overlay = st.multiselect("Overlay the curves of", [r["name"] for r in shown], key="tr_overlay",
+                                 placeholder="choose any number of runs")
+        if overlay:
+            ui.plotly(viz.training_curves_figure({n: rundir.read_metrics(next(r["path"] for r in rows if r["name"] == n))
+                                                  for n in overlay}, title="Overlaid runs"), key="tr_overlay_curves")
+        pending = st.session_state.pop(runs_ui.TRAIN_SELECT, None)
         if pending in names or st.session_state.get("tr_run") not in names:
             st.session_state["tr_run"] = pending if pending in names else names[0]
         selected = st.selectbox("Run", names, key="tr_run")
         info = next(r for r in rows if r["name"] == selected)
         active = info["state"] in jobs.ACTIVE_STATES
-        preset_name = Path(info["config_path"]).stem if info.get("config_path") else "?"
-        st.caption(f"preset **{preset_name}** · changed: {', '.join(info.get('overrides') or []) or 'nothing'}")
+        st.caption(f"preset **{info['preset']}** · scheme **{info['scheme'] or '?'}** · seed {info['seed']} · "
+                   f"changed: {', '.join(info['changed']) or 'nothing'}")
         cols = st.columns([3, 1])
-        cols[0].progress(float(info["progress"]), text=ui.run_status(info, active))
+        waiting = f" · queued #{info['queue_position']}" if info["queue_position"] is not None else ""
+        cols[0].progress(float(info["progress"]), text=ui.run_status(info, active) + waiting)
         if active and cols[1].button("Cancel", key="tr_cancel", type="secondary"):
-            with st.spinner("Stopping the run..."):
-                status = jobs.cancel_run(info["path"], grace=10.0, runs_root=ROOT)
-            st.toast(f"{selected}: {status.get('state')}")
-            st.rerun(scope="app")
+            runs_ui.cancel(info["path"], selected)
         if info["state"] == "failed" and info["error"]:
             st.error(f"**This run failed.** {info['error'][:2000]}\n\n**What to do:** read the log below, "
                      "fix the setting it names, and start a new run.", icon=":material/error:")
@@ -106,12 +131,12 @@ def runs_section() -> None:
             st.caption("Curves appear after the first logged step.")
         with st.expander("Log (last 30 lines)", expanded=info["state"] == "failed"):
             st.code(jobs.log_tail(info["path"], lines=30) or "(empty)", language=None)
-        best = next((p for p in ("best.pt", "last.pt") if (Path(info["path"]) / p).is_file()), None)
-        if info["state"] == "done" and best and st.button("Use this run's checkpoint in the sidebar", key="tr_use"):
-            state.select_run_source(Path(info["path"]) / best)
+        if info["state"] == "done" and runs_ui.checkpoint_of(info["path"]) and st.button(
+                "Use this run's checkpoint in the sidebar", key="tr_use"):
+            state.select_run_source(runs_ui.checkpoint_of(info["path"]))
             st.rerun(scope="app")
         # A run finished since the last refresh: rerun the whole page once so polling stops.
-        if st.session_state.get("tr_polling") and not any(r["state"] in jobs.ACTIVE_STATES for r in rows):
+        if st.session_state.get("tr_polling") and not active_rows:
             st.session_state["tr_polling"] = False
             st.rerun(scope="app")
 

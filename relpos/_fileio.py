@@ -9,6 +9,8 @@ use them):
 - :func:`sanitize_name`: any string as one safe path component.
 - :func:`safe_join`: ``root / name`` refusing anything that would leave ``root``.
 - :func:`is_inside`: whether a path (symlinks followed) lies inside a folder.
+- :func:`display_text` / :func:`display_name`: untrusted text (a field of a run folder's JSON, a folder
+  name made of non-UTF-8 bytes) as printable, valid UTF-8 that a page can show.
 
 This module imports only the standard library.
 """
@@ -27,6 +29,8 @@ from typing import Any
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
+    "display_name",
+    "display_text",
     "finite_json",
     "is_inside",
     "json_line",
@@ -103,12 +107,53 @@ def read_json(path: str | os.PathLike) -> dict | None:
     """The JSON object in ``path``, or ``None`` when it is missing, unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         return None
     return data if isinstance(data, dict) else None
 
 
 # --------------------------------------------------------------------------- untrusted names
+
+
+def display_text(text: str, limit: int = 4000, *, multiline: bool = True) -> str:
+    """``text`` as something a page can show: valid UTF-8, printable, at most ``limit`` characters.
+
+    Lone surrogates (from a JSON ``"\\udcff"`` escape, or a file name decoded with
+    ``surrogateescape``) and control characters other than newline and tab become visible escapes
+    (``\\udcff``, ``\\x1b``), so a hostile value can neither break the page's encoder (protobuf
+    refuses surrogates) nor hide itself; a cut text ends in ``"..."``. With ``multiline=False``
+    newlines and tabs are escaped too (a name on one line).
+
+    Raises:
+        TypeError: ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    limit = max(int(limit), 4)
+    cut = len(text) > limit
+    text = text[:limit]
+    keep = "\n\t" if multiline else ""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
+                       for c in text)
+        cut = cut or len(text) > limit
+        text = text[:limit]
+    return text[: limit - 3] + "..." if cut else text
+
+
+def display_name(name: str | os.PathLike) -> str:
+    """A file or folder name as a page shows it: its bytes decoded as UTF-8, undecodable bytes as
+    ``\\xff`` escapes, control characters escaped (:func:`display_text`); the real name is kept
+    apart (``os.fsencode`` of the path round-trips)."""
+    raw = os.fspath(name)
+    if isinstance(raw, bytes):
+        text = raw.decode("utf-8", "backslashreplace")
+    else:
+        try:
+            text = os.fsencode(raw).decode("utf-8", "backslashreplace")
+        except UnicodeError:  # a surrogate that surrogateescape did not make
+            text = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    return display_text(text, limit=1024, multiline=False)
 
 
 def _clean(name: str, max_len: int) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from relpos._file_limits import check_torch_archive
-from relpos._fileio import is_inside, sanitize_name
+from relpos._fileio import display_name, display_text, is_inside, sanitize_name
 from relpos._validation import check_float, check_int
-from relpos.experiments import rundir, runqueue
+from relpos.experiments import rundir, runfolder, runqueue
 from relpos.experiments.runproc import OUTPUT_LOG, PROCESS_FILE, is_alive, log_tail, run_pid
+from relpos.experiments.runproc import run_dirs as _run_dirs
 from relpos.experiments.runproc import override_args as _override_args
 from relpos.experiments.runproc import read_json_safe as _read_json_safe
-from relpos.experiments.runproc import safe_file as _safe_file
 from relpos.experiments.runqueue import (
     ACTIVE_STATES,
     RUNS_ROOT_ENV,
@@ -157,79 +158,86 @@ def _progress(status: Mapping[str, Any]) -> float:
     return 0.0
 
 
-def _accuracy(status: Mapping[str, Any], records: list[dict]) -> float | None:
-    for key in ("eval_accuracy", "val_accuracy", "best_accuracy", "accuracy"):
-        value = status.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    for record in reversed(records):
-        if record.get("kind", "epoch") != "epoch":
-            continue
-        for key in ("eval_accuracy", "val_accuracy", "accuracy", "train_accuracy"):
-            value = record.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return None
+def _shown(text: Any, limit: int) -> str | None:
+    return display_text(text, limit, multiline=False) if isinstance(text, str) else None
 
 
-def run_info(run_dir: str | Path, *, positions: Mapping[str, int] | None = None) -> dict | None:
-    """One row of :func:`list_runs` for ``run_dir`` (None when it has no readable status).
-
-    ``positions`` (run name -> place in the queue, :func:`queue_positions` of the runs root) saves
-    reading the whole queue once per row; by default it is read when the run is queued.
-    """
-    run_dir = Path(run_dir)
-    status = _read_json_safe(run_dir, rundir.STATUS_FILE)
-    if status is None:
+def _sweep_row(sweep: Mapping[str, Any] | None) -> dict | None:
+    if not sweep:
         return None
-    if positions is None:
-        positions = queue_positions(run_dir.parent) if status.get("state") == "queued" else {}
-    metrics_path = _safe_file(run_dir, rundir.METRICS_FILE)
-    records = rundir.read_metrics(run_dir) if metrics_path is not None else []
-    state = status.get("state", "queued")
-    pid = run_pid(run_dir)
+    cell = {display_text(k, 200, multiline=False): _shown(v, 200) if isinstance(v, str) else v
+            for k, v in (sweep.get("cell") or {}).items()}
+    return {"name": _shown(sweep.get("name"), 200), "dir": _shown(sweep.get("dir"), 4096), "cell": cell,
+            "seed": sweep.get("seed")}
+
+
+def _row(record: runfolder.RunRecord, positions: Mapping[str, int]) -> dict:
+    """A :func:`list_runs` row of a validated record: every text display-safe, every number checked."""
+    status = record.status
+    pid = record.pid
+    # A broken run may still have a live trainer (Cancel must reach it): check unless it is known to have ended.
+    alive = bool(pid is not None and record.state not in rundir.TERMINAL_STATES and is_alive(pid, record.path))
+    error = display_text(status["error"], 4000) if isinstance(status.get("error"), str) else None
+    if record.broken:
+        error = f"broken run folder: {record.reason}" + (f"; its error: {error}" if error else "")
     return {
-        "name": run_dir.name,
-        "path": str(run_dir),
-        "state": state,
+        "name": record.name,
+        "path": str(record.path),
+        "state": record.shown_state,
         "progress": _progress(status),
         "epoch": status.get("epoch"),
         "epochs": status.get("epochs"),
-        "accuracy": _accuracy(status, records),
+        "accuracy": record.accuracy,
         "eta_seconds": status.get("eta_seconds"),
         "updated": status.get("updated_at"),
         "created": status.get("created_at") or status.get("started_at"),
-        "error": status.get("error"),
-        "config_path": status.get("config_path"),
-        "overrides": list(status.get("overrides") or []),
+        "error": error,
+        "config_path": _shown(status.get("config_path"), 4096),
+        "overrides": [display_text(o, 1000, multiline=False) for o in status.get("overrides") or []],
         "pid": pid,
-        "alive": bool(state in ACTIVE_STATES and is_alive(pid, run_dir)),
-        "queue_position": positions.get(run_dir.name),
-        "sweep": status.get("sweep"),
+        "alive": alive,
+        "queue_position": positions.get(record.path.name),
+        "sweep": _sweep_row(status.get("sweep")),
+        "broken": record.broken,
+        "problems": list(record.problems),
     }
 
 
-def list_runs(runs_root: str | Path = "checkpoints") -> list[dict]:
-    """Every run in ``runs_root``, newest first.
+def run_info(run_dir: str | Path, *, positions: Mapping[str, int] | None = None) -> dict | None:
+    """One row of :func:`list_runs` for ``run_dir`` (None when it is not a run: no ``status.json``).
 
-    Each row: ``name``, ``path``, ``state``, ``progress`` (0..1), ``epoch``, ``epochs``,
-    ``accuracy`` (latest validation accuracy or None), ``eta_seconds``, ``updated`` (epoch
-    seconds), ``created``, ``error``, ``config_path``, ``overrides`` (the ``--set`` list),
-    ``pid``, ``alive``, ``queue_position`` (1 = next to start; None unless waiting in the queue),
-    ``sweep`` (``{"name", "dir", "cell", "seed"}`` for a sweep's member, else None). Directories
-    without a ``status.json`` (e.g. ``uploads/``) and symlinks are skipped.
+    ``positions`` (run folder name -> place in the queue, :func:`queue_positions` of the runs root)
+    saves reading the whole queue once per row; by default it is read when the run is waiting.
     """
-    root = Path(runs_root)
-    if not root.is_dir():
-        return []
-    positions = queue_positions(root)
-    rows = []
-    for child in root.iterdir():
-        if child.is_symlink() or not child.is_dir():
-            continue
-        info = run_info(child, positions=positions)
-        if info is not None:
-            rows.append(info)
+    record = runfolder.read_run(run_dir)
+    if record is None:
+        return None
+    if positions is None:
+        positions = queue_positions(record.path.parent) if record.waiting else {}
+    return _row(record, positions)
+
+
+def list_runs(runs_root: str | Path = "checkpoints") -> list[dict]:
+    """Every run in ``runs_root``, newest first, read through :func:`relpos.experiments.runfolder.read_run`.
+
+    Each row: ``name`` (the folder's name, display-safe), ``path`` (the real folder), ``state``
+    (``queued``/``running``/``done``/``failed``/``cancelled``, or ``broken``), ``progress`` (0..1),
+    ``epoch``, ``epochs``, ``accuracy`` (latest validation accuracy in [0, 1] or None),
+    ``eta_seconds``, ``updated`` (epoch seconds), ``created``, ``error``, ``config_path``,
+    ``overrides`` (the ``--set`` list), ``pid``, ``alive``, ``queue_position`` (1 = next to start;
+    None unless waiting in the queue), ``sweep`` (``{"name", "dir", "cell", "seed"}`` for a sweep's
+    member, else None), ``broken`` (bool) and ``problems`` (what failed its check; the ``error`` of
+    a broken row says it too). Every text is printable UTF-8 and every number checked, so a row can
+    be shown as it is. Directories without a ``status.json`` (e.g. ``uploads/``) and symlinks are
+    skipped.
+
+    Cheap whatever the runs hold: one bounded read of ``status.json`` and ``process.json`` per run,
+    and the last 64 KiB of ``metrics.jsonl`` only for a run whose status has no accuracy yet
+    (``benchmarks/listing_bench.py``).
+    """
+    records = runfolder.read_runs(runs_root)
+    positions = runfolder.queue_order(records)
+    rows = [_row(r, positions) for r in records]
     rows.sort(key=lambda r: (r["created"] or 0, r["name"]), reverse=True)
     return rows
 
@@ -307,8 +315,10 @@ def list_checkpoints(runs_root: str | Path) -> list[dict]:
     """Checkpoints of runs (``<run>/best.pt``, ``last.pt``) and uploads (``uploads/*.pt``).
 
     Each row: ``label`` (``run/best.pt`` or ``uploads/name.pt``), ``path``, ``kind``
-    (``run``/``upload``), ``run`` (run name or None), ``mtime``, ``size``. Symlinks and
-    anything resolving outside ``runs_root`` are skipped. Newest first.
+    (``run``/``upload``), ``run`` (run name as :func:`list_runs` shows it, or None), ``mtime``,
+    ``size``. Labels and run names are display-safe (a folder named with non-UTF-8 bytes shows them
+    as ``\\xff``; ``path`` is the real file). Symlinks, non-regular files and anything resolving
+    outside ``runs_root`` are skipped. Newest first.
     """
     root = Path(runs_root)
     if not root.is_dir():
@@ -317,28 +327,26 @@ def list_checkpoints(runs_root: str | Path) -> list[dict]:
     rows = []
 
     def add(path: Path, kind: str, run: str | None) -> None:
-        if path.is_symlink() or not path.is_file() or not is_inside(path, real_root):
+        try:
+            st = path.lstat()  # one look: a symlink or a folder is skipped, a vanished file too
+        except OSError:
             return
-        st = path.stat()
-        rows.append({"label": f"{path.parent.name}/{path.name}", "path": str(path), "kind": kind,
-                     "run": run, "mtime": st.st_mtime, "size": st.st_size})
+        if not stat.S_ISREG(st.st_mode) or not is_inside(path, real_root):
+            return
+        rows.append({"label": f"{display_name(path.parent.name)}/{display_name(path.name)}", "path": str(path),
+                     "kind": kind, "run": run, "mtime": st.st_mtime, "size": st.st_size})
 
-    for child in root.iterdir():
-        if child.is_symlink() or not child.is_dir():
-            continue
+    for child in _run_dirs(root):
         if child.name == UPLOADS_DIR:
-            for f in child.iterdir():
-                if f.suffix in UPLOAD_SUFFIXES:
-                    add(f, "upload", None)
+            with contextlib.suppress(OSError):
+                for f in child.iterdir():
+                    if f.suffix in UPLOAD_SUFFIXES:
+                        add(f, "upload", None)
             continue
-        for name in ("best.pt", "last.pt"):
-            add(child / name, "run", child.name)
+        for name in (rundir.BEST_CKPT, rundir.LAST_CKPT):
+            add(child / name, "run", display_name(child.name))
     rows.sort(key=lambda r: r["mtime"], reverse=True)
     return rows
-
-
-def _first_line(exc: BaseException, limit: int) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]
 
 
 def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
@@ -377,7 +385,9 @@ def save_upload(data: bytes, filename: str, runs_root: str | Path, max_bytes: in
         load_model_from_checkpoint(tmp)  # must rebuild a model, else it is useless to the app
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
-        why = _first_line(exc, 800).replace(str(tmp), repr(base))  # the user's name, not the temporary one
+        # the user's name, never the temporary one (replaced before the cut, so no part of it is left)
+        text = str(exc).replace(str(tmp), repr(base)).replace(tmp.name, repr(base))
+        why = (text.strip().splitlines() or [type(exc).__name__])[0][:800]
         raise ValueError(f"{base!r} is not a relpos checkpoint: {why}") from None
     for k in range(1, 1000):
         dest = folder / (f"{safe}.pt" if k == 1 else f"{safe}-{k}.pt")

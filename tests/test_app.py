@@ -49,6 +49,7 @@ PAGES = {
     "checkpoints": "pages/5_checkpoints.py",
     "resize": "pages/6_resize_lab.py",
     "import": "pages/7_import_checkpoint.py",
+    "experiments": "pages/8_experiments.py",
 }
 TIMEOUT = 120
 
@@ -464,7 +465,9 @@ def test_model_without_bias_is_explained(runs_root, tmp_path):
 def test_app_start_marks_runs_of_dead_processes_failed(runs_root):
     run = runs_root / "20260101-000000-orphan"
     rundir.update_status(run, state="running", epoch=1, epochs=5, created_at=time.time())
-    rundir.atomic_write_json(run / jobs.PROCESS_FILE, {"pid": 2**22 + 4321})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ended (one beyond 2**22 would be no pid at all: a broken run folder)
+    rundir.atomic_write_json(run / jobs.PROCESS_FILE, {"pid": dead.pid})
     (run / jobs.OUTPUT_LOG).write_text("epoch 1 ...\nKilled\n")
     at = new_app().run()
     assert rundir.read_status(run)["state"] == "failed"
@@ -487,7 +490,7 @@ def test_train_page_widgets_and_refused_settings(runs_root):
     at.number_input(key="tr_patch_tiny").set_value(3)  # 16 is not divisible by 3
     at.number_input(key="tr_depth_tiny").set_value(2)
     at.number_input(key="tr_heads_tiny").set_value(4)
-    at.toggle(key="tr_bias_tiny").set_value(False)
+    at.selectbox(key="tr_tiny_bias").set_value("none")  # Position information: no relative bias
     at.number_input(key="tr_epochs_tiny").set_value(3)
     at.number_input(key="tr_lr_tiny").set_value(0.01)
     at.form_submit_button[0].click().run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -208,15 +209,22 @@ def test_reconcile_marks_dead_runs_failed(fake_trainer, runs_root, monkeypatch):
     assert jobs.reconcile_runs(runs_root) == []  # idempotent
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended (a pid beyond 2**22 is no pid at all: a broken run folder)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_reconcile_dead_pid_and_old_queue(runs_root, monkeypatch):
     monkeypatch.setenv(jobs.runqueue.MAX_RUNS_ENV, "1")
     runs_root.mkdir()
     dead = runs_root / "dead"
     rundir.update_status(dead, state="running", created_at=time.time())
-    rundir.atomic_write_json(dead / jobs.PROCESS_FILE, {"pid": 2**22 + 12345})
+    rundir.atomic_write_json(dead / jobs.PROCESS_FILE, {"pid": _dead_pid()})
     launched = runs_root / "launched"  # handed to a trainer that died before writing anything
     rundir.update_status(launched, state="queued", created_at=time.time(), launched_at=time.time())
-    rundir.atomic_write_json(launched / jobs.PROCESS_FILE, {"pid": 2**22 + 12346})
+    rundir.atomic_write_json(launched / jobs.PROCESS_FILE, {"pid": _dead_pid()})
     fresh = runs_root / "fresh"
     rundir.update_status(fresh, state="queued", created_at=time.time())
     old = runs_root / "old"  # queued an hour ago: still waiting, not dead (its config is gone)

@@ -164,11 +164,15 @@ def test_methods_for_offers_only_methods_that_apply(scheme):
             assert not_applicable_reason(model, method).startswith("not applicable")
             with pytest.raises(ValueError, match=method):
                 transfer_model(copy.deepcopy(model), 6, method)
-    if len(offered) > 1:  # distinct methods give distinct models (never one number under two names)
-        a, b = copy.deepcopy(model), copy.deepcopy(model)
-        transfer_model(a, 6, offered[0])
-        transfer_model(b, 6, offered[1])
-        assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    states = []
+    for method in offered:  # distinct methods give distinct models (never one number under two names)
+        moved = copy.deepcopy(model)
+        transfer_model(moved, 6, method)
+        assert moved(torch.randn(2, 3, 12, 12)).shape == (2, 4)
+        states.append([*moved.parameters(), *moved.buffers()])  # buffers: rotary coordinates too
+    for i, a in enumerate(states):
+        for b in states[i + 1:]:
+            assert any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b))
     labels = {scheme_label(model, scheme, m) for m in offered}
     assert len(labels) == len(offered)
 

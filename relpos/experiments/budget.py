@@ -148,7 +148,7 @@ def refuse_over_budget(
         what: how to call the request (default: the estimate's own name).
 
     Raises:
-        ConfigError: over the budget: ``"<key> = <value> is too large: <what> would need about
+        ConfigError: over the budget: ``"<key> = <value> makes this too big: <what> would need about
             <estimate> (<largest parts>) of memory, over the limit of <budget>; with <key> = <reference>
             it would need about <less> ..."``.
     """
@@ -164,6 +164,7 @@ def refuse_over_budget(
         raise ConfigError(f"{need}; no size is above the default config's: {hint}")
     key, lower = driver
     raise ConfigError(
-        f"{key} = {short_repr(_get(cfg, key), 80)} is too large: {need}; with {key} = {baseline[key]!r} "
-        f"it would need about {format_bytes(lower)}. Lower {key} (or another size), {hint}"
+        f"{key} = {short_repr(_get(cfg, key), 80)} makes this too big: {need}; with {key} = {baseline[key]!r} "
+        f"it would need about {format_bytes(lower)}. Move {key} toward {baseline[key]!r} (or change another "
+        f"size), {hint}"
     )

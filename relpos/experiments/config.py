@@ -14,7 +14,8 @@ A config is a plain dict with four parts (``configs/*.yaml`` are commented examp
            rpb (extra RelativePositionBias keyword arguments, e.g. num_buckets for t5),
            rope (rotary options with a rope_* position_embedding: theta, grid_indexing ij|xy)
     train: epochs, batch_size, lr, weight_decay, warmup_epochs, min_lr, grad_clip, label_smoothing,
-           num_workers, device (auto|cpu|cuda|mps), amp, log_every
+           num_workers, device (auto|cpu|cuda|mps), amp, log_every, compile (auto|true|false: torch.compile,
+           relpos.experiments.compile), tensorboard (also write event files, relpos.experiments.tensorboard)
 
 :func:`resolve_config` merges the defaults, checks every key (an unknown key, a wrong type or an
 impossible combination raises :class:`ConfigError` naming the dotted key, the value and what is
@@ -132,6 +133,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "device": "auto",
         "amp": False,  # bf16 autocast, CUDA only (ignored elsewhere)
         "log_every": 20,  # steps between "step" lines in metrics.jsonl
+        "compile": "auto",  # torch.compile: auto (only when the run is long enough to pay) | true | false
+        "tensorboard": False,  # also write TensorBoard event files into <run>/tensorboard/
     },
 }
 
@@ -184,6 +187,8 @@ _SPEC: dict[str, tuple[str, dict]] = {
     "train.device": ("choice", {"choices": ("auto", "cpu", "cuda", "mps")}),
     "train.amp": ("bool", {}),
     "train.log_every": ("int", {"minimum": 1, "maximum": _INT_MAX}),
+    "train.compile": ("auto_bool", {}),
+    "train.tensorboard": ("bool", {}),
 }
 # rpb keys the model fills itself; the config sets them through model.bias_type / model.init_std.
 _RPB_RESERVED = tuple(k for k in RPB_KWARGS if not any(k in opts for opts in FAMILY_OPTIONS.values()))
@@ -212,6 +217,10 @@ def _check_value(key: str, value: Any) -> Any:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise _fail(key, value, "1-100 characters of letters, digits, '.', '_' or '-', starting "
                         "with a letter or digit (it becomes a folder name)")
+        return value
+    if kind == "auto_bool":  # true, false or auto (YAML reads true / false as booleans)
+        if not isinstance(value, bool) and value != "auto":
+            raise _fail(key, value, "auto, true or false")
         return value
     if kind == "str":
         if not isinstance(value, str):

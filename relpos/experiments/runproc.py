@@ -8,13 +8,15 @@ run directory read here::
     process.json  {"pid", "command", "started_at"} of the launched process (the launcher's)
     output.log    the process's stdout and stderr (tracebacks end up here)
 
-Safety: no file is read through a symlink, and run directories that are symlinks are skipped.
+Safety: no file is read through a symlink (:func:`relpos.experiments.rundir.read_run_file`), run
+directories that are symlinks are skipped, and a pid is only believed in ``[1, PID_MAX]``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,8 +28,10 @@ from relpos.experiments.config import format_override
 
 __all__ = [
     "OUTPUT_LOG",
+    "PID_MAX",
     "PROCESS_FILE",
     "TRAIN_MODULE",
+    "check_pid",
     "is_alive",
     "log_tail",
     "override_args",
@@ -40,6 +44,9 @@ __all__ = [
 
 OUTPUT_LOG = "output.log"
 PROCESS_FILE = "process.json"
+#: The largest pid on any Linux machine (the kernel's PID_MAX_LIMIT, 2**22); a larger "pid" in a run
+#: folder is not one (``os.kill`` would raise OverflowError on 2**70).
+PID_MAX = 2**22
 #: The module a run's process executes (``python -m TRAIN_MODULE``); tests swap in a fake trainer.
 TRAIN_MODULE = "relpos.experiments.train"
 # Command lines of trainers that may not name their run directory (the CLI's default one).
@@ -99,24 +106,45 @@ def trainer_command(config_path: str | Path, run_dir: str | Path, overrides: Seq
 
 def safe_file(run_dir: Path, name: str) -> Path | None:
     """``run_dir / name`` if it is a regular file that is not a symlink, else None."""
-    path = run_dir / name
-    if path.is_symlink() or not path.is_file():
+    path = Path(run_dir) / name
+    try:
+        return path if stat.S_ISREG(path.lstat().st_mode) else None
+    except OSError:
         return None
-    return path
 
 
 def read_json_safe(run_dir: Path, name: str) -> dict | None:
-    """The JSON object in ``run_dir / name`` (never through a symlink), or None."""
-    path = safe_file(run_dir, name)
-    return rundir.read_json(path) if path is not None else None
+    """The JSON object in ``run_dir / name`` (never through a symlink, at most
+    :data:`relpos.experiments.rundir.MAX_JSON_BYTES`), or None when missing or unreadable."""
+    try:
+        return rundir.read_json_object(Path(run_dir) / name)
+    except rundir.RunFileError:
+        return None
 
 
 def run_dirs(root: str | Path) -> list[Path]:
-    """The direct sub-folders of ``root`` that are not symlinks, sorted by name ([] if no root)."""
+    """The direct sub-folders of ``root`` that are not symlinks, sorted by name ([] if no root).
+
+    Names may be any bytes (``os.fsencode(path.name)`` gives them back); sorted by those bytes.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if not p.is_symlink() and p.is_dir())
+    found = []
+    for p in root.iterdir():
+        try:
+            if stat.S_ISDIR(p.lstat().st_mode):
+                found.append(p)
+        except OSError:  # vanished meanwhile
+            continue
+    return sorted(found, key=lambda p: os.fsencode(p.name))
+
+
+def check_pid(value: Any) -> int | None:
+    """``value`` if it is a pid (an int, not a bool, in ``[1, PID_MAX]``), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= PID_MAX:
+        return value
+    return None
 
 
 # ----------------------------------------------------------------------------- the process
@@ -126,8 +154,8 @@ def run_pid(run_dir: str | Path) -> int | None:
     """The pid of a run's process: from ``process.json`` (the launcher's), else ``status.json``."""
     run_dir = Path(run_dir)
     for name in (PROCESS_FILE, rundir.STATUS_FILE):
-        pid = (read_json_safe(run_dir, name) or {}).get("pid")
-        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+        pid = check_pid((read_json_safe(run_dir, name) or {}).get("pid"))
+        if pid is not None:
             return pid
     return None
 
@@ -166,14 +194,14 @@ def _pid_matches(pid: int, run_dir: Path | None) -> bool:
         return True
     started = _start_time(fields)
     last_write = (read_json_safe(run_dir, rundir.STATUS_FILE) or {}).get("updated_at")
-    if started is None or not isinstance(last_write, (int, float)):
+    if started is None or isinstance(last_write, bool) or not isinstance(last_write, (int, float)):
         return True
     return started <= last_write + _PID_START_SLACK_S
 
 
 def is_alive(pid: int | None, run_dir: str | Path | None = None) -> bool:
     """Whether process ``pid`` runs (not a zombie; when ``run_dir`` is given, that run's trainer)."""
-    if pid is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+    if check_pid(pid) is None:
         return False
     try:
         os.kill(pid, 0)
@@ -189,14 +217,13 @@ def log_tail(run_dir: str | Path, lines: int = 30, max_bytes: int = 64_000) -> s
     lines = check_int("lines", lines)
     run_dir = Path(run_dir)
     for name in (OUTPUT_LOG, rundir.LOG_FILE):
-        path = safe_file(run_dir, name)
-        if path is None:
+        try:
+            got = rundir.read_run_file(run_dir / name, max_bytes, tail=True)
+        except rundir.RunFileError:
             continue
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            text = f.read().decode("utf-8", errors="replace")
+        if got is None:
+            continue
+        text = got[0].decode("utf-8", errors="replace")
         tail = text.splitlines()[-lines:]
         if tail:
             return "\n".join(tail)

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from relpos._validation import check_int
-from relpos.experiments import rundir
+from relpos.experiments import rundir, runfolder
 from relpos.experiments.runproc import (
     OUTPUT_LOG,
     PROCESS_FILE,
@@ -56,8 +56,7 @@ from relpos.experiments.runproc import (
     log_tail,
     override_args,
     read_json_safe,
-    run_dirs,
-    run_pid,
+    run_dirs,  # re-exported: callers list a runs root through the queue module
     trainer_command,
 )
 
@@ -167,24 +166,12 @@ def locked(root: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _is_waiting(run_dir: Path, status: Mapping[str, Any]) -> bool:
-    """Queued and not yet handed to a trainer."""
-    return status.get("state") == "queued" and "launched_at" not in status and run_pid(run_dir) is None
-
-
-def _queue_key(run_dir: Path, status: Mapping[str, Any]) -> tuple[float, str]:
-    created = status.get("created_at")
-    return (float(created) if isinstance(created, (int, float)) else 0.0, run_dir.name)
-
-
 def queue_positions(root: str | Path) -> dict[str, int]:
-    """Run name -> place in the queue (1 = next to start) of every run waiting in ``root``."""
-    waiting = []
-    for child in run_dirs(root):
-        status = read_json_safe(child, rundir.STATUS_FILE) or {}
-        if _is_waiting(child, status):
-            waiting.append(_queue_key(child, status))
-    return {name: k + 1 for k, (_, name) in enumerate(sorted(waiting))}
+    """Run name -> place in the queue (1 = next to start) of every run waiting in ``root``.
+
+    Read through :func:`relpos.experiments.runfolder.read_run`: a broken run folder never waits.
+    """
+    return runfolder.queue_order(runfolder.read_runs(root, metrics=False))
 
 
 # ----------------------------------------------------------------------------- starting runs
@@ -201,7 +188,10 @@ def _fail_start(run_dir: Path, exc: Exception) -> None:
 
 
 def _launch(run_dir: Path, status: Mapping[str, Any], limit: int) -> bool:
-    """Start the trainer of queued run ``run_dir`` (the lock is held); False when it could not start."""
+    """Start the trainer of queued run ``run_dir`` (the lock is held); False when it could not start.
+
+    ``status`` is the run's validated status (:attr:`relpos.experiments.runfolder.RunRecord.status`).
+    """
     config_path = status.get("config_path")
     try:
         if not isinstance(config_path, str) or not Path(config_path).is_file():
@@ -229,23 +219,22 @@ def _launch(run_dir: Path, status: Mapping[str, Any], limit: int) -> bool:
 
 
 def _advance_locked(root: Path, limit: int) -> list[Path]:
-    active, waiting = 0, []
-    for child in run_dirs(root):
-        status = read_json_safe(child, rundir.STATUS_FILE) or {}
-        if status.get("state") not in ACTIVE_STATES:
+    records = runfolder.read_runs(root, metrics=False)
+    active = 0
+    for record in records:
+        # A live trainer takes a slot, even in a broken folder (state unknown), until it is known to have ended.
+        if record.waiting or record.state in rundir.TERMINAL_STATES or record.pid is None:
             continue
-        if _is_waiting(child, status):
-            waiting.append((_queue_key(child, status), child, status))
-            continue
-        pid = run_pid(child)
-        if pid is not None and is_alive(pid, child):
+        if is_alive(record.pid, record.path):
             active += 1
+    by_name = {r.path.name: r for r in records}
     started = []
-    for _, child, status in sorted(waiting, key=lambda w: w[0]):
+    for name in runfolder.queue_order(records):  # first in, first out
         if active >= limit:
             break
-        if _launch(child, status, limit):
-            started.append(child)
+        record = by_name[name]
+        if _launch(record.path, record.status, limit):
+            started.append(record.path)
             active += 1
     return started
 
@@ -378,8 +367,8 @@ def cancel_queued(run_dir: str | Path) -> dict | None:
     """
     run_dir = Path(run_dir)
     with locked(run_dir.resolve().parent):
-        status = read_json_safe(run_dir, rundir.STATUS_FILE) or {}
-        if not _is_waiting(run_dir, status):
+        record = runfolder.read_run(run_dir, metrics=False)
+        if record is None or not record.waiting:
             return None
         return rundir.update_status(run_dir, state="cancelled", eta_seconds=None, error=None,
                                     cancelled_at=time.time(), stop_reason="cancelled while queued")
@@ -402,25 +391,37 @@ def reconcile(root: str | Path, limit: int | None = None) -> list[str]:
         return []
     changed = []
     with locked(root):
-        for child in run_dirs(root):
-            status = read_json_safe(child, rundir.STATUS_FILE) or {}
-            if status.get("state") not in ACTIVE_STATES or _is_waiting(child, status):
-                continue
-            pid = run_pid(child)
-            if pid is None:
-                reason = "the run was marked active but no process id was ever recorded"
-            elif is_alive(pid, child):
-                continue
-            else:
-                reason = f"the training process (pid {pid}) ended without recording a final state"
-            # Re-read now that the process is known dead: it may have written its final state
-            # between the first read and the liveness check (a normal finish, not a failure).
-            latest = read_json_safe(child, rundir.STATUS_FILE) or {}
-            if latest.get("state") not in ACTIVE_STATES:
-                continue
-            tail = log_tail(child, lines=15)
-            error = reason + (f"; last log lines:\n{tail}" if tail else "")
-            rundir.update_status(child, state="failed", error=error, eta_seconds=None)
-            changed.append(child.name)
+        for record in runfolder.read_runs(root, metrics=False):
+            try:
+                if _fail_if_dead(record):
+                    changed.append(record.path.name)
+            except Exception as exc:  # noqa: BLE001 - one run folder (unwritable, vanished) never stops the others
+                print(f"relpos: reconcile skipped {record.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         _advance_locked(root, limit)
     return changed
+
+
+def _fail_if_dead(record: runfolder.RunRecord) -> bool:
+    """Mark ``record``'s run failed if it is active, not waiting, and its process is gone; whether it did.
+
+    Only a run whose state is known (valid) and active is judged; a broken folder whose state cannot
+    be read is left as it is (the list shows it broken, with the reason).
+    """
+    if record.state not in ACTIVE_STATES or record.waiting:
+        return False
+    pid = record.pid
+    if pid is None:
+        reason = "the run was marked active but no process id was ever recorded"
+    elif is_alive(pid, record.path):
+        return False
+    else:
+        reason = f"the training process (pid {pid}) ended without recording a final state"
+    # Re-read now that the process is known dead: it may have written its final state
+    # between the first read and the liveness check (a normal finish, not a failure).
+    latest = runfolder.read_run(record.path, metrics=False)
+    if latest is None or latest.state not in ACTIVE_STATES:
+        return False
+    tail = log_tail(record.path, lines=15)
+    error = reason + (f"; last log lines:\n{tail}" if tail else "")
+    rundir.update_status(record.path, state="failed", error=error, eta_seconds=None)
+    return True

@@ -9,6 +9,8 @@ A spec is a YAML file (``configs/sweeps/*.yaml``)::
       model.scheme: [none, absolute, 2d]
     seeds: 3                    # a count (seeds 0, 1, 2) or a list of seeds; 1 to 20 per cell
     set: {train.epochs: 6}      # optional: fixed --set overrides for every member
+    cell_set:                   # optional: more --set overrides for the cells with one grid value
+      model.scheme=t5: {model.rpb.num_buckets: 16}   # (e.g. a family's options for its cells only)
     evaluate: {kind: transfer, grids: [6, 8, 12]}   # optional: a lab step once the members are done
                                 # (relpos.experiments.labs: results.csv, results.md)
 
@@ -66,7 +68,7 @@ __all__ = [
 ]
 
 #: Keys a spec may have (``base`` and ``grid`` or ``seeds`` are what make it a sweep).
-SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "set", "evaluate")
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "set", "cell_set", "evaluate")
 MAX_SEEDS = 20
 
 
@@ -129,12 +131,36 @@ def check_spec(spec: Any, *, source: str = "spec", default_name: str = "sweep") 
     if clash:
         raise SweepSpecError(
             f"{source}: set and grid both give {clash}: each key is fixed or varied, not both")
+    grid = {str(k): list(v) for k, v in grid.items()}
     return {
         "name": name, "description": str(spec.get("description") or ""), "base": base,
-        "grid": {str(k): list(v) for k, v in grid.items()}, "seeds": _seeds(spec.get("seeds", 1)),
-        "set": fixed,
+        "grid": grid, "seeds": _seeds(spec.get("seeds", 1)),
+        "set": fixed, "cell_set": _cell_set(spec.get("cell_set"), grid, source),
         "evaluate": check_evaluate(spec.get("evaluate"), source=source, error=SweepSpecError),
     }
+
+
+def _cell_set(value: Any, grid: dict, source: str) -> dict[str, list[str]]:
+    """``cell_set`` checked: ``{"key=value" of a grid cell: ["k=v", ...]}`` (the cells' extra overrides)."""
+    if not value:
+        return {}
+    conditions = {format_override(k, v) for k, values in grid.items() for v in values}
+    if not isinstance(value, dict):
+        raise SweepSpecError(f"{source}: cell_set must map 'key=value' of a grid cell to --set overrides, "
+                             f"got {value!r}")
+    out = {}
+    for cond, items in value.items():
+        if cond not in conditions:
+            raise SweepSpecError(f"{source}: cell_set.{cond} is not allowed: the condition must be a grid key "
+                                 f"and one of its values, one of {sorted(conditions)}")
+        if not isinstance(items, dict) or not items:
+            raise SweepSpecError(f"{source}: cell_set.{cond} = {items!r} is not allowed: a non-empty mapping "
+                                 "of --set keys to values")
+        clash = sorted({str(k) for k in items} & (set(grid) | {"seed"}))
+        if clash:
+            raise SweepSpecError(f"{source}: cell_set.{cond} sets {clash}, which the grid or the seeds vary")
+        out[cond] = [format_override(str(k), v) for k, v in items.items()]
+    return out
 
 
 def load_spec(path: str | Path, *, seeds: int | None = None, overrides: Sequence[str] = ()) -> dict:
@@ -177,21 +203,25 @@ def expand(spec: dict) -> list[dict]:
 
     Returns:
         ``[{"cell": {key: value}, "seed": s, "overrides": ["k=v", ...], "key": "..."}]``; the
-        overrides are the spec's ``set``, the cell's values and ``seed=s``, in that order.
+        overrides are the spec's ``set``, the cell's values, its ``cell_set`` items and ``seed=s``,
+        in that order.
     """
     keys = list(spec["grid"])
+    extra_by_cond = spec.get("cell_set") or {}
     members = []
     for values in itertools.product(*(spec["grid"][k] for k in keys)):
         cell = dict(zip(keys, values))
+        given = [format_override(k, v) for k, v in cell.items()]
+        extra = [x for cond in given for x in extra_by_cond.get(cond, [])]
         for seed in spec["seeds"]:
-            overrides = [*spec["set"], *(format_override(k, v) for k, v in cell.items()), f"seed={seed}"]
-            key = _member_key(cell, seed)
+            overrides = [*spec["set"], *given, *extra, f"seed={seed}"]
+            key = _member_key(cell, seed, extra)
             members.append({"cell": cell, "seed": seed, "overrides": overrides, "key": key})
     return members
 
 
-def _member_key(cell: dict, seed: int) -> str:
-    return " ".join([*(format_override(k, v) for k, v in cell.items()), f"seed={seed}"])
+def _member_key(cell: dict, seed: int, extra: Sequence[str] = ()) -> str:
+    return " ".join([*(format_override(k, v) for k, v in cell.items()), *extra, f"seed={seed}"])
 
 
 def resolve_members(spec: dict, members: list[dict]) -> None:

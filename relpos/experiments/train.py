@@ -42,10 +42,12 @@ CUDA), each rank takes its shard of the same seeded permutation, metrics are sum
 and only rank 0 writes files.
 
 The pieces: :mod:`relpos.experiments.engine` (one epoch of training or evaluation, the optimizer
-and LR schedule), :mod:`relpos.experiments.distributed` (device, ranks, loaders, stop signals) and
-:class:`relpos.experiments.rundir.RunLogger` (status and metrics lines). This file keeps ``fit``'s
-orchestration and the CLI together, the seed's entry point, at about 500 lines (over the house 400:
-the resume rules read best.pt and last.pt beside the loop that writes them).
+and LR schedule), :mod:`relpos.experiments.distributed` (device, ranks, loaders, stop signals),
+:class:`relpos.experiments.rundir.RunLogger` (status and metrics lines), :mod:`relpos.experiments.
+compile` (``train.compile``: the module the steps drive) and :mod:`relpos.experiments.tensorboard`
+(``train.tensorboard``: ``metrics.jsonl`` mirrored into event files under ``<run>/tensorboard/``). This file keeps ``fit``'s
+orchestration and the CLI together, the seed's entry point, at about 540 lines (over the house 400:
+the resume rules, which check what last.pt and best.pt record, sit beside the loop that writes them).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from relpos.experiments.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from relpos.experiments.compile import training_model
 from relpos.experiments.config import ConfigError, apply_overrides, build_model, resolve_training_config
 from relpos.experiments.config_utils import load_config, save_config
 from relpos.experiments.distributed import ResumableSampler, _Dist, _StopFlag, rank_loaders, resolve_device
@@ -102,6 +105,7 @@ from relpos.experiments.rundir import (
     update_status,
 )
 from relpos.experiments import runqueue
+from relpos.experiments.tensorboard import TensorBoardMirror
 
 __all__ = [
     "ResumableSampler",
@@ -169,6 +173,12 @@ def fit(
             if dd.is_main:
                 logger.warning("interrupted (second Ctrl-C): stopping without a final checkpoint")
                 update_status(run_path, state="cancelled", error="interrupted", pid=os.getpid())
+            raise
+        except (ConfigError, CheckpointError) as exc:  # refused before training: the message says it all
+            if dd.is_main:
+                logger.error("not trained: %s", exc)
+                if (read_status(run_path) or {}).get("state") in runqueue.ACTIVE_STATES:
+                    update_status(run_path, state="failed", error=f"{type(exc).__name__}: {exc}", pid=os.getpid())
             raise
         except BaseException as exc:
             if dd.is_main:
@@ -245,13 +255,9 @@ def _fit(
 
     step, start_epoch, best, totals = 0, 0, recorded_best, None
     if ckpt is not None:
+        step, start_epoch, saved_best, totals = _resume_point(ckpt, resume_path, steps_per_epoch)
         load_checkpoint(model, optimizer, resume_path, scheduler=scheduler)
-        step = int(ckpt["step"] or ckpt["epoch"] * steps_per_epoch)
-        start_epoch = step // steps_per_epoch
-        if ckpt["extra"].get("eval_pending"):  # cancelled during its evaluation: evaluate that epoch first
-            start_epoch = max(0, start_epoch - 1)
-        best = max(best, float(ckpt["extra"].get("best_accuracy", ckpt["metrics"].get("best_accuracy", -1.0)) or -1.0))
-        totals = ckpt["extra"].get("partial_epoch")
+        best = max(best, saved_best)
         if ckpt["rng"]:
             restore_rng_state(ckpt["rng"])
         if dd.is_main:
@@ -273,6 +279,9 @@ def _fit(
     save = functools.partial(save_checkpoint, model, optimizer, config=cfg, scheduler=scheduler)
     log = RunLogger(run_dir, step=step, total_steps=total_steps, log_every=t_cfg["log_every"],
                     write=dd.is_main, reduce=lambda values: dd.sum(values, device))
+    mirror = TensorBoardMirror(run_dir) if t_cfg["tensorboard"] and dd.is_main else None  # metrics -> event files
+    # train.compile: what train_epoch drives (evaluation, diagnostics and checkpoints use `model` itself)
+    trained = training_model(model, t_cfg["compile"], total_steps - step, device, distributed=dd.enabled)
 
     def stop_requested() -> bool:
         local = stop() or (should_stop is not None and should_stop())
@@ -280,6 +289,8 @@ def _fit(
 
     def on_step(info: dict, epoch: int) -> None:  # epoch 0-based
         log.on_step(info, epoch + 1)
+        if mirror is not None and log.step % t_cfg["log_every"] == 0:
+            mirror.sync()
         if progress is not None and dd.is_main:
             progress({**info, "epoch": epoch + 1, "epochs": epochs, "step": log.step,
                       "total_steps": total_steps})
@@ -292,7 +303,7 @@ def _fit(
         sampler.set_start_index(in_epoch * bs)
         t0 = time.perf_counter()
         result = train_epoch(
-            model, train_loader, criterion, optimizer, device, epoch, scheduler=scheduler,
+            trained, train_loader, criterion, optimizer, device, epoch, scheduler=scheduler,
             progress=lambda info, e=epoch: on_step(info, e), grad_clip=t_cfg["grad_clip"], amp=amp,
             should_stop=stop_requested, totals=totals if in_epoch else None,
         )
@@ -332,6 +343,8 @@ def _fit(
         if dd.is_main:
             record.update(diagnostics_summary(unwrap_model(model), diag_images, device))
             log.on_epoch(record)
+            if mirror is not None:
+                mirror.sync()
             metrics = {k: v for k, v in record.items() if k != "kind"}
             save(epoch + 1, metrics, last_path, step=step, extra={"best_accuracy": best})
             if improved:
@@ -364,6 +377,39 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def _resume_point(ckpt: dict, path: Path, steps_per_epoch: int) -> tuple[int, int, float, dict | None]:
+    """``(step, first epoch to run, best accuracy, partial-epoch totals)`` a checkpoint records, checked.
+
+    An epoch whose evaluation a cancel interrupted (``eval_pending``) is run again from its end: no
+    step, then its evaluation. Raises CheckpointError naming the file and the field that is wrong.
+    """
+    extra = ckpt["extra"] if isinstance(ckpt["extra"], dict) else {}
+    metrics = ckpt["metrics"] if isinstance(ckpt["metrics"], dict) else {}
+    step, epoch = ckpt["step"], ckpt["epoch"]
+    if not step and _is_count(epoch):
+        step = epoch * steps_per_epoch
+    if not _is_count(step):
+        raise CheckpointError(f"{path}: step = {short_repr(step, 60)} is not an optimizer step (an int >= 0)")
+    pending = extra.get("eval_pending") is True and step > 0
+    totals = extra.get("partial_epoch")
+    if totals is not None and not (isinstance(totals, dict) and all(
+            isinstance(totals.get(k), (int, float)) and not isinstance(totals.get(k), bool) and math.isfinite(totals[k])
+            and totals[k] >= 0 for k in ("loss_sum", "correct", "samples"))):
+        raise CheckpointError(f"{path}: partial_epoch = {short_repr(totals, 120)} is not the running totals "
+                              "of an epoch (loss_sum, correct, samples >= 0)")
+    best = extra.get("best_accuracy", metrics.get("best_accuracy"))
+    best = float(best) if _is_fraction(best) else -1.0
+    return step, ((step - 1) if pending else step) // steps_per_epoch, best, totals
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def _resume_source(run_dir: Path) -> Path | None:
     """``--resume``'s checkpoint: ``last.pt``, else ``best.pt`` (the last epoch kept), else None (from scratch)."""
     for name in (LAST_CKPT, BEST_CKPT):
@@ -383,8 +429,10 @@ def _recorded_best(run_dir: Path) -> float:
     if not path.exists() and not path.is_symlink():
         return -1.0
     ckpt = read_checkpoint(path)
-    value = ckpt["extra"].get("best_accuracy", ckpt["metrics"].get("eval_accuracy"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    extra = ckpt["extra"] if isinstance(ckpt["extra"], dict) else {}
+    metrics = ckpt["metrics"] if isinstance(ckpt["metrics"], dict) else {}
+    value = extra.get("best_accuracy", metrics.get("eval_accuracy"))
+    if not _is_fraction(value):
         raise CheckpointError(f"{path} records no eval accuracy in [0, 1] (best_accuracy = {short_repr(value, 60)}), "
                               "so no epoch could be known to beat it: move it away to train in this run directory")
     return float(value)

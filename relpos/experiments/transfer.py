@@ -132,12 +132,20 @@ def transfer_model(model: nn.Module, new_grid: tuple[int, int] | int, method: st
             m.pretrained_window_size = m.window_size
             notes.append(f"{name}: cpb re-queried with the training window {m.window_size} held "
                          f"({m.cpb_coords} coordinates)")
-    notes += model.set_window_size(new, method=method if method in RESIZE_METHODS else "bicubic")
-    for name, m in _rotary_modules(model):
+    table_method = method if method in RESIZE_METHODS else "bicubic"
+    rescale = method == "rescale"
+    held = {id(m) for _, m in model.rotary_modules()} if hasattr(model, "rotary_modules") else set()
+    if hasattr(model, "rotary_modules"):  # the ViT moves its own rotary embeddings
+        notes += model.set_window_size(new, method=table_method, rope_rescale=rescale)
+    else:
+        notes += model.set_window_size(new, method=table_method)
+    for name, m in _rotary_modules(model):  # any other module that moves with set_grid_size
+        if id(m) in held:
+            continue
         size = new if isinstance(m.grid_size, tuple) else new[0] * new[1]
-        m.set_grid_size(size, rescale=method == "rescale")
+        m.set_grid_size(size, rescale=rescale)
         notes.append(f"{name}: rotary recomputed at {size}" + (" (rescaled to the training grid, EVA)"
-                                                               if method == "rescale" else ""))
+                                                               if rescale else ""))
     if not _biases(model) and getattr(model, "pos_embed", None) is None and not _rotary_modules(model):
         notes.append("no position information: nothing to move")
     return notes if new != old else []
