@@ -20,8 +20,8 @@ from typing import NamedTuple
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from app_support import state, ui
-from relpos import jobs
+from app_support import interact, state, ui
+from relpos import captions, jobs
 from relpos.diagnostics import model_summary
 
 
@@ -50,6 +50,8 @@ NAV: tuple[NavItem, ...] = (
             "read Swin / BEiT tables from a file"),
     NavItem("pages/8_experiments.py", "Experiments", ":material/leaderboard:",
             "compare position schemes over seeds: a leaderboard"),
+    NavItem("pages/9_labs.py", "Labs", ":material/science:",
+            "size transfer, position shift, ablation: the papers' results on our task"),
 )
 #: Page-local keys of the picker widgets (never read by pages: they read the ``state.SEL_*`` keys).
 W_SOURCE, W_LAYER, W_HEAD = "frame_source", "frame_layer", "frame_head"
@@ -57,10 +59,14 @@ W_SOURCE, W_LAYER, W_HEAD = "frame_source", "frame_layer", "frame_head"
 
 @st.cache_resource(show_spinner=False)
 def _reconcile_once(root: str) -> list[str]:
-    """Once per server process: runs left 'running' by a dead process become 'failed'."""
+    """Once per server process: runs left 'running' by a dead process become 'failed'.
+
+    Never takes the app down: reconcile already skips a run folder it cannot fix (and lists it
+    broken), and anything else (an unreadable runs root, a bug) leaves the runs as they are.
+    """
     try:
         return jobs.reconcile_runs(root)
-    except OSError:
+    except Exception:  # noqa: BLE001 - the app must start whatever the runs folder holds
         return []
 
 
@@ -76,11 +82,16 @@ def page_frame(title: str, icon: str, heading: str | None = None) -> tuple[str |
         The shared ``(source, layer, head)``: the current model source (``None`` when there is no
         model to choose), and the layer and head every page shows.
     """
-    st.set_page_config(page_title=f"{title} · relpos", page_icon=icon, layout="wide")
+    interact.sync_query_params(title)  # a link's ?model=...&query=...&present=1 first: it may collapse the sidebar
+    st.set_page_config(page_title=f"{title} · relpos", page_icon=icon, layout="wide",
+                       initial_sidebar_state="collapsed" if interact.presenting() else "auto")
+    interact.presenter_css()
     _reconcile_once(str(state.runs_root().resolve()))
+    state.cap_threads()  # while runs train, the page's torch work leaves them their cores
     with st.sidebar:
         navigation()
         st.divider()
+        interact.presenter_toggle()
         model_picker()
     st.title(heading or title)
     return state.shared()
@@ -129,14 +140,17 @@ def model_picker() -> None:
         summary = model_summary(model)
         depth = max(1, int(summary["depth"] or 1))
         heads = max(1, int(summary["num_heads"] or 1))
-        for label, sel_key, widget_key, n in (("Layer", state.SEL_LAYER, W_LAYER, depth),
-                                              ("Head", state.SEL_HEAD, W_HEAD, heads)):
+        st.session_state[state.SEL_HEADS] = heads
+        for label, sel_key, widget_key, n, tip in (
+                ("Layer", state.SEL_LAYER, W_LAYER, depth, "Which transformer block's attention the pages show."),
+                ("Head", state.SEL_HEAD, W_HEAD, heads,
+                 "Which attention head the pages show; every page's head control follows this one.")):
             st.session_state.setdefault(sel_key, 0)
             if not 0 <= int(st.session_state[sel_key] or 0) < n:
                 st.session_state[sel_key] = 0
-            _picker(label, list(range(n)), sel_key, widget_key)
+            _picker(label, list(range(n)), sel_key, widget_key, help=tip)
         grid = summary["grid"]
-        st.caption(
-            f"{depth} layers · {heads} heads · patch grid {grid[0]}×{grid[1]} · "
-            f"relative bias: {summary['bias_type'] or 'none'} · {summary['params']:,} parameters"
-        )
+        where = captions.position_label(relative=summary["bias_type"], rotary=summary["rotary"],
+                                        absolute=summary["absolute"])
+        st.caption(f"{depth} layers · {heads} heads · patch grid {grid[0]}×{grid[1]} · "
+                   f"position information: {where} · {summary['params']:,} parameters")

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from app_support import state, ui
-from relpos import explore, jobs
+from relpos import captions, explore, jobs
 from relpos.experiments import leaderboard, run_table
 from relpos.families import FAMILIES, SCHEMES
 
@@ -64,7 +64,7 @@ def scheme_picker(prefix: str, default: str) -> tuple[str, dict[str, Any]]:
             with c2.container(border=True):
                 options = ui.family_options(bias, f"{prefix}_opt")
     scheme = run_table.compose_scheme(embedding, bias)
-    c1.caption(f"Scheme **{scheme}** (`model.scheme={scheme}`)")
+    c1.caption(f"Position information: **{captions.position_label(scheme)}** (`model.scheme={scheme}`)")
     return scheme, options
 
 
@@ -104,14 +104,13 @@ def runs_table(rows: Sequence[Mapping[str, Any]], key: str) -> None:
         "seed": [r.get("seed") for r in rows],
         "preset": [r.get("preset") or "?" for r in rows],
         "changed": [_changed(r.get("changed")) for r in rows],
-        "accuracy": [r["accuracy"] for r in rows],
+        "val accuracy": [captions.format_accuracy(r["accuracy"], r.get("num_val")) for r in rows],
         "progress": [r["progress"] for r in rows],
         "sweep": [r.get("sweep") or "" for r in rows],
         "updated": [ui.clock(r["updated"]) for r in rows],
     })
     st.dataframe(frame, hide_index=True, width="stretch", key=key, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "accuracy": st.column_config.NumberColumn("val accuracy", format="percent"),
         "changed": st.column_config.TextColumn("changed", width="large"),
     })
 
@@ -124,9 +123,8 @@ def groups_table(rows: Sequence[Mapping[str, Any]], by: str, key: str) -> None:
         "runs": [g["runs"] for g in groups],
         "n": [g["n"] for g in groups],
         "accuracy (%)": [pct_mean_std(g["acc_mean"], g["acc_std"]) for g in groups],
-        "best": [g["acc_best"] for g in groups],
-    }), hide_index=True, width="stretch", key=key,
-        column_config={"best": st.column_config.NumberColumn("best", format="percent")})
+        "best": [captions.format_accuracy(g["acc_best"]) for g in groups],
+    }), hide_index=True, width="stretch", key=key)
 
 
 def pct_mean_std(mean: float | None, std: float | None) -> str:
@@ -179,30 +177,28 @@ SWEEP_SCHEMES: tuple[str, ...] = tuple(s for s in ("none", "absolute", *FAMILIES
 SWEEP_DEFAULT = ("none", "absolute", "2d")
 
 
-def scheme_label(scheme: str) -> str:
-    """A scheme in words: ``"2d · 2D table (Swin)"``."""
-    embedding, bias = run_table.split_scheme(scheme)
-    parts = ([] if embedding == "none" else [embedding_label(embedding)]) + ([] if bias == "none" else [bias_label(bias)])
-    return f"{scheme} · {' + '.join(parts) or 'no position information'}"
-
-
 def sweep_builder(presets: Sequence[str]) -> dict:
     """A preset, schemes as checkboxes (each family's options under it), keys to vary and seeds; the spec."""
     c1, c2 = st.columns([1, 2])
-    base = c1.selectbox("Preset", presets, key="ex_base")
-    name = c1.text_input("Sweep name", "compare", max_chars=40, key="ex_name")
+    base = c1.selectbox("Preset", presets, key="ex_base",
+                        help="configs/<name>.yaml: the settings every run of the sweep starts from.")
+    name = c1.text_input("Sweep name", "compare", max_chars=40, key="ex_name",
+                         help="A name for the sweep's folder and leaderboard.")
     seeds = c1.slider("Seeds per cell", 1, leaderboard.MAX_APP_SEEDS, 3, key="ex_seeds",
                       help="Each cell trains once per seed; the leaderboard shows the mean ± std over them.")
-    vary = c1.multiselect("Keys to vary (each value × each scheme)", leaderboard.VARY_KEYS, key="ex_vary")
+    vary = c1.multiselect("Keys to vary (each value × each scheme)", leaderboard.VARY_KEYS, key="ex_vary",
+                          help="Settings to try several values of; every value is trained with every scheme.")
     grid = {key: leaderboard.parse_values(c1.text_input(f"{key} values", key=f"ex_vary_{key}",
-                                                        placeholder="comma-separated, e.g. 0.001, 0.003"), key)
+                                                        placeholder="comma-separated, e.g. 0.001, 0.003",
+                                                        help=f"The values of {key} to try, separated by commas."), key)
             for key in vary}
     c2.markdown("**Schemes to compare**")
     schemes, options = [], {}
     cols = c2.columns(3)
     for k, scheme in enumerate(SWEEP_SCHEMES):
         with cols[k % 3]:
-            if st.checkbox(scheme_label(scheme), scheme in SWEEP_DEFAULT, key=f"ex_scheme_{scheme}"):
+            if st.checkbox(scheme, scheme in SWEEP_DEFAULT, key=f"ex_scheme_{scheme}",  # the words: in its help
+                           help=f"Train with this position information: {captions.position_label(scheme)}."):
                 schemes.append(scheme)
                 bias = run_table.split_scheme(scheme)[1]
                 if bias != "none" and FAMILIES[bias].options:
@@ -215,11 +211,13 @@ def sweep_builder(presets: Sequence[str]) -> dict:
 def estimate_line(est: Mapping[str, Any]) -> None:
     """How many runs and about how long (and where the time comes from)."""
     c1, c2 = st.columns([1, 3])
-    c1.metric("Runs", est["runs"], f"{est['cells']} cells × {est['seeds']} seeds", delta_color="off")
+    cells, seeds = est["cells"], est["seeds"]
+    c1.metric("Runs", est["runs"], f"{cells} cell{'s' * (cells != 1)} × {seeds} seed{'s' * (seeds != 1)}",
+              delta_color="off", delta_arrow="off")
     total = est["total_s"]
     c2.metric("Estimated time", "unknown" if total is None else explore.format_eta(total),
               None if total is None else f"{explore.format_eta(est['per_run_s'])} per run, {est['limit']} at once",
-              delta_color="off")
+              delta_color="off", delta_arrow="off")
     c2.caption(f"Per-run time {est['source']}.")
 
 

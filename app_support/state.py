@@ -13,23 +13,32 @@ preset works on a copy); derived arrays are cached with ``st.cache_data`` keyed 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import torch
 
 from relpos import diagnostics as probes  # (this module's own `diagnostics` is the cached loader)
 from relpos import explore, geometry, jobs, presets
+from relpos._fileio import display_name
 from relpos.checkpoint_import import import_checkpoint
-from relpos.experiments import leaderboard, rundir, run_table
+from relpos.experiments import lab_views, labs, leaderboard, rundir, run_table, runqueue
+from relpos.experiments import figure_compare, stepthrough
+from relpos.experiments.checkpoint import read_checkpoint
 from relpos.experiments.config import fresh_model, preset_config as resolved_preset
 from relpos.experiments.resize_lab import resize_lab as _resize_lab
+from relpos.experiments.shift import shift_example as _run_shift_example
 from relpos.experiments.sweep_results import summarize as _summarize_sweep
 
 #: Plain session keys of the shared choices (set with setdefault, never used as widget keys).
 SEL_SOURCE = "sel_source"
 SEL_LAYER = "sel_layer"
 SEL_HEAD = "sel_head"
+#: How many heads the sidebar's model has (set by the frame; a page's own head control writes
+#: :data:`SEL_HEAD` only below it).
+SEL_HEADS = "sel_heads"
 PRESET_PREFIX = "preset:"
 CKPT_PREFIX = "ckpt:"
 #: What the bias tables of the attention page can be: the model's own, or a preset in a copy.
@@ -58,6 +67,27 @@ def runs_root() -> Path:
     return jobs.default_runs_root()
 
 
+@st.cache_resource(show_spinner=False)
+def _threads_at_start() -> int:
+    """The server's torch threads before any cap (all cores, or ``$OMP_NUM_THREADS``); once per process."""
+    return torch.get_num_threads()
+
+
+def cap_threads() -> int:
+    """Give this server's torch work (attention maps, diagnostics) at most cores // (active runs + 1)
+    threads while runs train, all of its own again when none does; returns the threads set.
+
+    Called by the frame at the top of every page run (the script thread is the one that computes).
+    """
+    try:
+        n = min(_threads_at_start(), runqueue.server_threads(runs_root()))
+    except OSError:  # an unreadable runs root: leave the threads as they are
+        return torch.get_num_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def mtime(path: str | Path) -> float:
     """Modification time of ``path`` (0.0 when it cannot be read): the change-aware part of a cache key."""
     try:
@@ -78,7 +108,7 @@ def source_label(source: str) -> str:
     if source.startswith(PRESET_PREFIX):
         return f"Fresh model · {source[len(PRESET_PREFIX):]} preset"
     path = Path(source[len(CKPT_PREFIX):])
-    return f"{path.parent.name}/{path.name}"
+    return f"{display_name(path.parent.name)}/{display_name(path.name)}"  # a non-UTF-8 folder name shows as \\xff
 
 
 def checkpoint_path(source: str | None) -> str | None:
@@ -180,27 +210,75 @@ def demo_attention(kind: str, size, heads: int, init_std: float, seed: int, pres
     return with_b[0], without[0]
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def step_through(kind: str, size, heads: int, init_std: float, seed: int, preset: str, alpha: float, head: int,
+                 query: int, content_scale: float, options: tuple = ()) -> dict:
+    """One query of :func:`demo_attention` through the formula, step by step
+    (:func:`relpos.experiments.stepthrough.step_through`: logits, bias, their sum, the softmax)."""
+    return stepthrough.step_through(kind, explore.check_app_size(size), heads, head, query, init_std=init_std,
+                                    seed=seed, preset=preset, alpha=alpha, content_scale=content_scale,
+                                    options=dict(options))
+
+
+@st.cache_data(max_entries=8, show_spinner="Computing the steps for every α from 0 to 5...")
+def alpha_sweep(kind: str, size, heads: int, init_std: float, seed: int, preset: str, head: int, query: int,
+                content_scale: float, options: tuple = ()) -> dict:
+    """:func:`step_through` for every α of the animation (:func:`relpos.experiments.stepthrough.alpha_sweep`)."""
+    return stepthrough.alpha_sweep(kind, explore.check_app_size(size), heads, head, query, init_std=init_std,
+                                   seed=seed, preset=preset, content_scale=content_scale, options=dict(options))
+
+
 # Cached per layer: st.cache_data copies what it returns on every hit, and a 32x32 patch grid makes
 # each layer's maps 4 MB per head.
 @st.cache_data(max_entries=16, show_spinner="Running the model...")
 def _attention_maps(source: str, modified: float, table: str, alpha: float, sample: int,
-                    upload: bytes | None, layer: int) -> dict:
+                    upload: bytes | None, layer: int, part: str | None) -> dict:
     model, cfg = _shown_model(source, modified, table, alpha)
     image, label, classes = _model_input(model, cfg, sample, upload)
+    with probes.position_disabled(model, part):  # context-local: other sessions see the model whole
+        without = probes.attention_maps(model, image)[layer]  # (H, N, N)
+        probs_without = probes.predict(model, image)
+    try:
+        marks = [] if upload is not None else figure_compare.sample_marks(cfg, sample)
+    except Exception:  # noqa: BLE001 - marks are a help for the eye; without them the maps still stand
+        marks = []
     return {
         "picture": explore.display_image(image),
         "label": label,
-        "with": probes.attention_maps(model, image, with_bias=True)[layer],  # (H, N, N)
-        "without": probes.attention_maps(model, image, with_bias=False)[layer],
+        "with": probes.attention_maps(model, image)[layer],  # (H, N, N)
+        "without": without,
         "probs_with": probes.predict(model, image),
-        "probs_without": probes.predict(model, image, with_bias=False),
+        "probs_without": probs_without,
         "class_names": classes,
+        "marks": marks,
     }
 
 
-def attention_maps(source: str, table: str, alpha: float, sample: int, upload: bytes | None, layer: int) -> dict:
-    """One layer's maps ``(H, N, N)`` with and without the bias, the picture and both predictions."""
-    return _attention_maps(source, source_modified(source), table, alpha, sample, upload, layer)
+def attention_maps(source: str, table: str, alpha: float, sample: int, upload: bytes | None, layer: int,
+                   part: str | None = "relative") -> dict:
+    """One layer's maps ``(H, N, N)`` as computed (``"with"``) and with position part ``part`` switched
+    off (``"without"``: "relative", "rotary", "absolute"; :func:`relpos.diagnostics.position_disabled`),
+    the picture, both predictions and the input's marks (:func:`relpos.experiments.figure_compare.sample_marks`)."""
+    return _attention_maps(source, source_modified(source), table, alpha, sample, upload, layer, part)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _checkpoint_record(path: str, modified: float) -> dict:
+    ckpt = read_checkpoint(path)
+    metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    return {"accuracy": metrics.get("eval_accuracy"), "epoch": ckpt.get("epoch"),
+            "n": (cfg.get("data") or {}).get("num_val"), "metrics": dict(metrics),
+            "scheme": (cfg.get("model") or {}).get("scheme")}
+
+
+def checkpoint_record(path: str) -> dict:
+    """What a checkpoint file itself records: ``{"accuracy"`` (its epoch's eval accuracy), ``"epoch"``,
+    ``"n"`` (validation images), ``"metrics"``, ``"scheme"}``; all None when it cannot be read."""
+    try:
+        return dict(_checkpoint_record(str(path), mtime(path)))
+    except Exception:  # noqa: BLE001 - a table cell, not a page: an unreadable file shows "–"
+        return {"accuracy": None, "epoch": None, "n": None, "metrics": {}, "scheme": None}
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the bias...")
@@ -243,13 +321,15 @@ def checkpoint_tables(path: str) -> dict:
 
 
 @st.cache_data(max_entries=8, show_spinner="Resizing and evaluating...")
-def _resize_lab_result(path: str, modified: float, new_img_size: int, max_samples: int) -> dict:
-    return _resize_lab(path, new_img_size, max_samples=max_samples)
+def _resize_lab_result(path: str, modified: float, new_img_size: int, max_samples: int,
+                       methods: tuple[str, ...] | None) -> dict:
+    return _resize_lab(path, new_img_size, methods=methods, max_samples=max_samples)
 
 
-def resize_lab(path: str, new_img_size: int, max_samples: int) -> dict:
-    """:func:`relpos.experiments.resize_lab.resize_lab` of a checkpoint, cached until the file changes."""
-    return _resize_lab_result(path, mtime(path), new_img_size, max_samples)
+def resize_lab(path: str, new_img_size: int, max_samples: int, methods: tuple[str, ...] | None = None) -> dict:
+    """:func:`relpos.experiments.resize_lab.resize_lab` of a checkpoint, cached until the file changes
+    (``methods``: the transfer methods to try; those that do not apply get a note saying why)."""
+    return _resize_lab_result(path, mtime(path), new_img_size, max_samples, methods)
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading the state dict...")
@@ -270,14 +350,15 @@ def imported_checkpoint(data: bytes, name: str) -> dict:
 def run_curves(paths: list[str]) -> dict[str, list[dict]]:
     """``{run name: metrics records}`` of the run directories (under the runs root) these checkpoints are in.
 
-    Uploads and files outside a run have no curves; two files of one run give one entry.
+    Uploads and files outside a run have no curves; two files of one run give one entry. Run names
+    are display-safe; the records are bounded (:func:`relpos.experiments.rundir.read_metrics`).
     """
     root = runs_root().resolve()
     curves: dict[str, list[dict]] = {}
     for path in paths:
         run = Path(path).parent
         if (run / rundir.STATUS_FILE).is_file() and run.parent.resolve() == root:
-            curves.setdefault(run.name, rundir.read_metrics(run))
+            curves.setdefault(display_name(run.name), rundir.read_metrics(run))
     return curves
 
 
@@ -285,8 +366,8 @@ def run_curves(paths: list[str]) -> dict[str, list[dict]]:
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def _run_columns(path: str, status_modified: float, config_modified: float) -> dict:
-    return run_table.run_columns(path)
+def _run_columns(path: bytes, status_modified: float, config_modified: float) -> dict:
+    return run_table.run_columns(os.fsdecode(path))  # bytes: a folder name that is not UTF-8 hashes too
 
 
 def runs_with_columns() -> list[dict]:
@@ -296,7 +377,8 @@ def runs_with_columns() -> list[dict]:
     rows = jobs.list_runs(runs_root())
     for row in rows:
         run = Path(row["path"])
-        row.update(_run_columns(row["path"], mtime(run / rundir.STATUS_FILE), mtime(run / rundir.CONFIG_FILE)))
+        row.update(_run_columns(os.fsencode(row["path"]), mtime(run / rundir.STATUS_FILE),
+                                mtime(run / rundir.CONFIG_FILE)))
     return rows
 
 
@@ -311,3 +393,47 @@ def sweep_view(sweep_dir: str | Path) -> dict:
     """A sweep as it stands: ``{"sweep"`` (load_sweep's dict), ``"rows"`` (the leaderboard), ``"curves"``,
     ``"active"}``; read again whenever a member writes (:func:`relpos.experiments.leaderboard.sweep_signature`)."""
     return _sweep_view(str(sweep_dir), leaderboard.sweep_signature(sweep_dir))
+
+
+# ----------------------------------------------------------------------------- labs
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _lab_results(sweep_dir: str, modified: float) -> dict:
+    rows = labs.read_results(sweep_dir)
+    return {"rows": rows, "summary": labs.summarize_results(rows)}
+
+
+def lab_results(sweep_dir: str | Path) -> dict:
+    """A lab sweep's ``results.csv`` rows and their summary over seeds (``{"rows", "summary"}``), read
+    again when the file changes."""
+    return _lab_results(str(sweep_dir), mtime(Path(sweep_dir) / labs.RESULTS_FILE))
+
+
+@st.cache_data(max_entries=16, show_spinner="Asking each scheme's model which rules apply...")
+def _transfer_methods(sweep_dir: str, signature: tuple) -> dict:
+    return lab_views.transfer_methods(sweep_dir)
+
+
+def transfer_methods(sweep_dir: str | Path) -> dict:
+    """:func:`relpos.experiments.lab_views.transfer_methods` of a transfer sweep, cached while no member writes."""
+    return _transfer_methods(str(sweep_dir), leaderboard.sweep_signature(sweep_dir))
+
+
+@st.cache_data(max_entries=16, show_spinner="Running the image through the model...")
+def _shift_example(path: str, modified: float, index: int) -> dict:
+    ex = _run_shift_example(path, index=index)
+    cfg = run_table.read_run_config(Path(path).parent) or {}
+    data = cfg.get("data") or {}
+    region = data.get("train_region") or {}
+    return {**{k: ex[k] for k in ("label", "prediction", "classes", "marks", "grid", "scheme")},
+            "picture": explore.display_image(ex["image"]), "attention": [a.numpy() for a in ex["attention"]],
+            "patch": data.get("patch_size"), "mark_size": data.get("mark_size"),
+            "seen_cols": tuple(region["cols"]) if region.get("cols") else None, "num_val": data.get("num_val")}
+
+
+def shift_example(path: str, index: int) -> dict:
+    """One unseen-region image through a shift-lab checkpoint: ``{"picture" (H, W, 3), "label",
+    "prediction", "classes", "marks", "grid", "scheme", "attention" [(1, H, N, N) numpy per layer],
+    "patch", "mark_size", "seen_cols", "num_val"}``; cached until the checkpoint changes."""
+    return _shift_example(path, mtime(path), int(index))

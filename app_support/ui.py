@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from relpos import explore
+from app_support import interact, state
+from relpos import captions, explore
 from relpos.diagnostics import DIAGNOSTIC_MEASURES
+from relpos.experiments.figure_present import presenter_layout
 from relpos.families import ALIBI_DISTANCES, FAMILIES
 
 #: Widths the cpb MLP's hidden layer can take in the app.
@@ -33,31 +35,48 @@ def guard(what: str, todo: str) -> Iterator[None]:
                  icon=":material/error:")
 
 
-def plotly(fig, key: str) -> None:
-    """Draw a figure full width (one place to change how every chart is drawn)."""
-    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+def plotly(fig, key: str, on_select: Callable[[], None] | None = None, share: float = 1.0) -> None:
+    """Draw a figure full width (one place to change how every chart is drawn): in presenter mode with
+    fonts of 18 px or more, fitted to ``share`` of the page's width; with ``on_select``, a click on a
+    point (the click layer of :mod:`relpos.experiments.figure_select`) calls it before the rerun."""
+    if interact.presenting():  # the page is about 770 px wide at 1280x720 and 150 % zoom
+        presenter_layout(fig, width_px=max(100, int(770 * share)))
+    clicks = {"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}
+    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False}, **clicks)
 
 
-def side_by_side(*charts: tuple[Any, str], widths: Sequence[int] | None = None) -> None:
-    """Draw ``(figure, key)`` pairs in columns, left to right."""
-    for col, (fig, key) in zip(st.columns(list(widths) if widths else len(charts)), charts):
+def side_by_side(*charts: tuple[Any, ...], widths: Sequence[int] | None = None) -> None:
+    """Draw ``(figure, key)`` or ``(figure, key, on_select)`` tuples in columns, left to right."""
+    widths = list(widths) if widths else [1] * len(charts)
+    for col, width, chart in zip(st.columns(widths), widths, charts):
         with col:
-            plotly(fig, key)
+            fig, key, *on_select = chart
+            plotly(fig, key, *on_select, share=width / sum(widths))
 
 
-def reach_metrics(reaches: Sequence[tuple[str, float, float | None]], unit: str, note: str) -> None:
-    """Mean attention distances ("reach"), each with its change against the bias off, then a note.
+def reach_metrics(reaches: Sequence[tuple[str, float, float | None]], note: str, *,
+                  off_label: str = "bias zeroed", unit: str = captions.REACH_UNIT) -> None:
+    """Mean attention distances ("reach", always in :data:`relpos.captions.REACH_UNIT`), each with its
+    change against the map with a position part switched off, then a note.
 
     Args:
-        reaches: ``(label, value, value with the bias off or None for no change shown)`` per metric.
-        unit: what the distance counts (``"tokens"``, ``"patches"``).
+        reaches: ``(label, value, value with the part off or None for no change shown)`` per metric.
         note: one caption that says what was measured.
+        off_label: what the other map is ("relative bias zeroed", "rotation off", ...).
+        unit: what the distance counts (patches; a 1D sequence counts tokens).
     """
     cols = st.columns([1] * len(reaches) + [2])
     for col, (label, value, off) in zip(cols, reaches):
-        delta = None if off is None else f"{value - off:+.2f} vs bias zeroed"
-        col.metric(label, f"{value:.2f} {unit}", delta, delta_color="off")
+        delta = None if off is None else f"{value - off:+.2f} vs {off_label}"
+        col.metric(label, f"{value:.2f} {unit}", delta, delta_color="off", help=captions.REACH_HELP)
     cols[-1].caption(note)
+
+
+def scale_toggle(key: str) -> bool:
+    """The "per panel" switch of a paired figure: ``True`` gives each panel its own colour scale."""
+    return bool(st.toggle("Per-panel colour scales", False, key=key,
+                          help="Off: both maps share one colour scale, so equal colours mean equal values. "
+                          "On: each map is stretched over its own range (shapes easier to see, colours not comparable)."))
 
 
 def clamp_state(key: str, low: int, high: int) -> None:
@@ -76,13 +95,47 @@ def index_slider(label: str, n: int, default: int, key: str, **kwargs) -> int:
     return int(st.slider(label, 0, n - 1, min(default, n - 1), key=key, **kwargs))
 
 
+def head_slider(label: str, n: int, key: str, **kwargs) -> int:
+    """A page's own head control (``0 .. n - 1``) that *is* the sidebar's head: it shows the shared
+    head (:data:`app_support.state.SEL_HEAD`) and a move writes it back, so the two never disagree.
+
+    Only a head beyond the sidebar model's heads (``state.SEL_HEADS``; e.g. head 10 of a hand-set
+    16-head table beside a 4-head model) stays the page's own; the caption under it says so.
+    """
+    if n <= 1:
+        return 0
+    shared = int(st.session_state.get(state.SEL_HEAD, 0) or 0)
+    seen = f"{key}_seen_shared"  # the shared head this control last followed
+    if 0 <= shared < n and st.session_state.get(seen) != shared:
+        st.session_state[key] = shared
+    st.session_state[seen] = shared
+    st.session_state.setdefault(key, 0)
+    clamp_state(key, 0, n - 1)
+
+    def copy_back() -> None:
+        value = int(st.session_state[key])
+        if value < int(st.session_state.get(state.SEL_HEADS, n) or n):
+            st.session_state[state.SEL_HEAD] = value
+
+    value = int(st.slider(label, 0, n - 1, key=key, on_change=copy_back, **kwargs))
+    if value != shared:
+        st.caption(f"The sidebar's head {shared} is beyond these {n} heads: showing head {value}." if shared >= n
+                   else f"Head {value} is beyond the sidebar model's heads: it is this page's own.")
+    return value
+
+
 def size_inputs(two_d: bool, prefix: str, side: int, length: int) -> tuple[int, int] | int:
     """A window ``(h, w)`` (two inputs, ``side`` each at first) or a sequence length (``length``),
-    within the app's limits; keys ``<prefix>_h``, ``<prefix>_w``, ``<prefix>_len``."""
+    within the app's limits; keys ``<prefix>_h``, ``<prefix>_w``, ``<prefix>_len``. The two window
+    inputs sit side by side (one row of controls, also in presenter mode)."""
     if two_d:
-        return (int(st.number_input("Window height h", 1, explore.MAX_WINDOW_SIDE, side, key=f"{prefix}_h")),
-                int(st.number_input("Window width w", 1, explore.MAX_WINDOW_SIDE, side, key=f"{prefix}_w")))
-    return int(st.number_input("Sequence length L", 1, explore.MAX_SEQ_LEN, length, key=f"{prefix}_len"))
+        col_h, col_w = st.columns(2)
+        return (int(col_h.number_input("Window height h", 1, explore.MAX_WINDOW_SIDE, side, key=f"{prefix}_h",
+                                       help="Rows of patches in the window.")),
+                int(col_w.number_input("Window width w", 1, explore.MAX_WINDOW_SIDE, side, key=f"{prefix}_w",
+                                       help="Columns of patches in the window.")))
+    return int(st.number_input("Sequence length L", 1, explore.MAX_SEQ_LEN, length, key=f"{prefix}_len",
+                               help="Number of tokens in the sequence."))
 
 
 def keep_values(keys: Sequence[str]) -> None:
@@ -111,19 +164,24 @@ def family_options(kind: str, prefix: str) -> dict[str, Any]:
     for name, default in FAMILIES[kind].options.items():
         key = f"{prefix}_{name}"
         if name == "num_buckets":
-            chosen[name] = int(st.number_input(name, 4, 128, int(default), key=key,
-                                               help="Total buckets; half for keys before the query, half for after."))
+            chosen[name] = int(st.number_input(
+                "Number of distance buckets", 4, 128, int(default), key=key,
+                help="Total buckets; half for keys before the query, half for after."))
         elif name == "max_distance":
             low = chosen.get("num_buckets", 4) // 4 + 1  # the smallest max_distance relpos accepts
             clamp_state(key, low, 4096)
             chosen[name] = int(st.number_input(
-                name, low, 4096, max(int(default), low), key=key,
+                "Distance where the buckets end", low, 4096, max(int(default), low), key=key,
                 help="Offsets this far or farther share the last bucket of their direction."))
         elif name == "alibi_distance":
-            chosen[name] = st.radio("Distance", ALIBI_DISTANCES, index=ALIBI_DISTANCES.index(default), key=key,
-                                    horizontal=True)
+            chosen[name] = st.radio("Distance measured as", ALIBI_DISTANCES, index=ALIBI_DISTANCES.index(default),
+                                    key=key, horizontal=True,
+                                    help="How far apart two patches are for the penalty: straight-line "
+                                    "(euclidean) or along the grid (manhattan).")
         elif name == "cpb_hidden_dim":
-            chosen[name] = int(st.select_slider("MLP hidden width", CPB_HIDDEN_WIDTHS, int(default), key=key))
+            chosen[name] = int(st.select_slider("MLP hidden width", CPB_HIDDEN_WIDTHS, int(default), key=key,
+                                                help="Units in the small network that turns an offset into "
+                                                "one bias per head; Swin V2 uses 512."))
     return chosen
 
 
@@ -152,28 +210,32 @@ def runs_table(rows: list[dict], key: str) -> None:
         "state": [r["state"] for r in rows],
         "progress": [r["progress"] for r in rows],
         "epoch": [f"{r['epoch'] or 0}/{r['epochs'] or '?'}" for r in rows],
-        "accuracy": [r["accuracy"] for r in rows],
+        "val accuracy": [captions.format_accuracy(r["accuracy"], r.get("num_val")) for r in rows],
         "updated": [clock(r["updated"]) for r in rows],
     })
     st.dataframe(frame, hide_index=True, width="stretch", key=key, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "accuracy": st.column_config.NumberColumn("val accuracy", format="percent"),
     })
 
 
-def checkpoints_table(ckpts: list[dict], runs: Mapping[str, dict], key: str) -> None:
-    """The checkpoint files with their run's state and accuracy, size and date."""
+def checkpoints_table(ckpts: list[dict], runs: Mapping[str, dict], key: str,
+                      records: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """The checkpoint files with their run's state, each file's own recorded accuracy (``records``:
+    path -> ``{"accuracy", "n", "epoch"}`` read from the file, so best.pt shows its epoch's accuracy,
+    not the run's last), size and date."""
+    records = records or {}
+    own = [records.get(c["path"], {}) for c in ckpts]
     st.dataframe(
         pd.DataFrame({
             "checkpoint": [c["label"] for c in ckpts],
             "kind": [c["kind"] for c in ckpts],
             "run state": [runs.get(c["run"], {}).get("state", "") for c in ckpts],
-            "val accuracy": [runs.get(c["run"], {}).get("accuracy") for c in ckpts],
+            "epoch": [captions.format_number(r.get("epoch"), "d") for r in own],
+            "val accuracy (its own)": [captions.format_accuracy(r.get("accuracy"), r.get("n")) for r in own],
             "size (MB)": [round(c["size"] / 2**20, 2) for c in ckpts],
             "saved": [clock(c["mtime"], "%Y-%m-%d %H:%M") for c in ckpts],
         }),
         hide_index=True, width="stretch", key=key,
-        column_config={"val accuracy": st.column_config.NumberColumn(format="percent")},
     )
 
 
@@ -191,7 +253,7 @@ def run_status(info: Mapping[str, Any], active: bool) -> str:
     """One line about a run (:func:`relpos.jobs.list_runs` row): state, epoch, ETA while active, accuracy."""
     text = f"{info['state']} · epoch {info['epoch'] or 0}/{info['epochs'] or '?'}"
     text += f" · ETA {explore.format_eta(info['eta_seconds'])}" if active else ""
-    return text + (f" · val accuracy {info['accuracy']:.1%}" if info["accuracy"] is not None else "")
+    return text + f" · val accuracy {captions.format_accuracy(info['accuracy'], info.get('num_val'))}"
 
 
 def download(label: str, data: Any, file_name: str, key: str, mime: str = "application/octet-stream") -> None:

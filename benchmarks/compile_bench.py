@@ -9,8 +9,9 @@ one new ``TORCHINDUCTOR_CACHE_DIR``: the first process compiles with a cold on-d
 finds its kernels there (a warm cache: what a later run on the same machine pays). In each process:
 a training step of the default preset (configs/default.yaml: batch 64, AdamW, grad clip, the LR
 schedule; the same pieces as ``fit``) is timed eagerly, then compiled (``dynamic=False``, as
-``train.compile`` does): the first compiled step less an eager one is the compile time, wall and
-CPU (on a busy machine the wall time waits for the CPU), then the compiled step's median.
+``train.compile`` does): the first compiled step less an eager one is the compile time (wall
+clock: inductor compiles in worker processes); then blocks of 5 eager and 5 compiled steps
+alternate, and the ratio is the median of the per-block ratios (a change of load hits both alike).
 Threads: ``runqueue.threads_per_run()`` (what each run of the queue gets here), unless ``--threads``.
 """
 
@@ -58,26 +59,31 @@ def worker(steps: int, threads: int) -> dict:
     x = torch.randn(t["batch_size"], d["in_channels"], d["img_size"], d["img_size"])  # (B, C, H, W)
     y = torch.randint(0, d["num_classes"], (t["batch_size"],))
 
-    def step(m: nn.Module) -> tuple[float, float]:
-        w0, c0 = time.perf_counter(), time.process_time()
+    def step(m: nn.Module) -> float:
+        start = time.perf_counter()
         loss = criterion(m(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
         optimizer.step()
         scheduler.step()
-        return time.perf_counter() - w0, time.process_time() - c0
+        return time.perf_counter() - start
 
     for _ in range(5):
         step(model)
-    eager = statistics.median(step(model)[0] for _ in range(steps))
+    eager_before = statistics.median(step(model) for _ in range(10))
     compiled_model = torch.compile(model, dynamic=False)
-    first_wall, first_cpu = step(compiled_model)
+    first = step(compiled_model)
     for _ in range(3):
         step(compiled_model)
-    compiled = statistics.median(step(compiled_model)[0] for _ in range(steps))
-    return {"eager_s": eager, "compiled_s": compiled, "compile_s": first_wall - eager,
-            "compile_cpu_s": first_cpu, "threads": threads, "run_steps": total}
+    # Interleaved blocks of 5 steps, so that a change of load hits both kinds alike; ratios per block.
+    eager, compiled = [], []
+    for _ in range(max(1, steps // 5)):
+        eager.append(sum(step(model) for _ in range(5)) / 5)
+        compiled.append(sum(step(compiled_model) for _ in range(5)) / 5)
+    return {"eager_s": statistics.median(eager), "compiled_s": statistics.median(compiled),
+            "ratio": statistics.median(c / e for c, e in zip(compiled, eager)),
+            "compile_s": first - eager_before, "threads": threads, "run_steps": total}
 
 
 def measure(steps: int = 40, threads: int | None = None) -> list[dict]:
@@ -109,13 +115,13 @@ def compile_section(steps: int = 40, threads: int | None = None) -> str:
     results = measure(steps, threads)
     rows = []
     for r in results:
-        ratio = r["compiled_s"] / r["eager_s"]
-        be = r["compile_s"] / (r["eager_s"] - r["compiled_s"]) if r["compiled_s"] < r["eager_s"] else float("inf")
-        rows.append([r["cache"], f"{r['compile_s']:.1f} / {r['compile_cpu_s']:.1f}", f"{r['eager_s'] * 1e3:.1f}",
-                     f"{r['compiled_s'] * 1e3:.1f}", f"{ratio:.2f}", f"{be:.0f}"])
+        saved = r["eager_s"] * (1.0 - r["ratio"])
+        be = r["compile_s"] / saved if saved > 0 else float("inf")
+        rows.append([r["cache"], f"{r['compile_s']:.1f}", f"{r['eager_s'] * 1e3:.1f}",
+                     f"{r['compiled_s'] * 1e3:.1f}", f"{r['ratio']:.2f}", f"{be:.0f}"])
     cold = results[0]
-    header = ["on-disk cache", "compile s (wall / CPU)", "eager ms/step", "compiled ms/step",
-              "compiled / eager", "break-even steps"]
+    header = ["on-disk cache", "compile s", "eager ms/step", "compiled ms/step",
+              "compiled / eager (per block)", "break-even steps"]
     verdict = "compiles" if compile_pays(cold["run_steps"], cold["eager_s"]) else "stays eager"
     note = (f"Default preset, batch 64, {cold['threads']} torch thread(s), {steps} timed steps each (medians). "
             f"`train.compile: auto` uses compile {MEASURED.compile_s:g} s and ratio {MEASURED.ratio:g} "

@@ -23,7 +23,7 @@ import torch
 from benchmarks import common
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-SECTIONS = ("equivalence", "module", "sweep", "gather", "rope", "vit", "threads", "compile", "app")
+SECTIONS = ("equivalence", "module", "sweep", "gather", "rope", "vit", "threads", "compile", "listing", "app")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(common.THREADS)
-    from benchmarks import app_bench, attention_bench, compile_bench, rope_bench, threads_bench, vit_bench
+    from benchmarks import app_bench, attention_bench, compile_bench, listing_bench, rope_bench, threads_bench, vit_bench
 
     start = time.perf_counter()
     rounds = 9 if args.quick else 25
@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print("compile ...", flush=True)
         parts += ["### torch.compile on the default model: compile time, step time, break-even "
                   "(benchmarks/compile_bench.py)", compile_bench.compile_section(steps=20 if args.quick else 40)]
+    if "listing" not in skip:
+        print("listing ...", flush=True)
+        mb = 50 if args.quick else 200
+        parts += [f"### Listing runs: 100 runs, one with a {mb} MB metrics.jsonl, against the old full parse "
+                  "(benchmarks/listing_bench.py)", listing_bench.listing_section(metrics_mb=mb, rounds=3 if args.quick else 5)]
     if "app" not in skip:
         print("app ...", flush=True)
         parts += ["### App: server-side render time at defaults (AppTest) and chart payloads",

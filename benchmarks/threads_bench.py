@@ -1,6 +1,6 @@
 """Two training runs on one machine: how many torch threads each should get.
 
-Usage: ``python -m benchmarks.threads_bench [--epochs 1] [--rounds 1]`` prints the table
+Usage: ``python -m benchmarks.threads_bench [--epochs 1] [--rounds 1] [--set KEY=VALUE ...]`` prints the table
 (``python -m benchmarks.run`` writes it into BENCHMARKS.md as the "threads" section).
 
 Each run is the real CLI (``python -m relpos.experiments.train --config configs/default.yaml``,
@@ -53,8 +53,9 @@ def cases(cores: int | None = None) -> list[tuple[str, int, int]]:
     ]
 
 
-def run_case(runs: int, threads: int, epochs: int, workdir: Path) -> float:
-    """Wall seconds from launching ``runs`` trainers at once to the last one's exit."""
+def run_case(runs: int, threads: int, epochs: int, workdir: Path, overrides: tuple[str, ...] = ()) -> float:
+    """Wall seconds from launching ``runs`` trainers at once to the last one's exit (``overrides``:
+    more ``--set`` items for every run, e.g. ``data.num_train=1024`` for a smoke test)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "RELPOS_THREADS": str(threads), "RELPOS_RUNS_ROOT": str(workdir / "root"), "PYTHONUNBUFFERED": "1"}
     env.pop("RELPOS_MAX_CONCURRENT_RUNS", None)
@@ -64,6 +65,8 @@ def run_case(runs: int, threads: int, epochs: int, workdir: Path) -> float:
         run_dir = Path(tempfile.mkdtemp(prefix=f"run{k}-", dir=workdir))
         command = [sys.executable, "-m", "relpos.experiments.train", "--config", str(CONFIG), "--run-dir",
                    str(run_dir / "run"), "--set", f"train.epochs={epochs}", "--set", "train.compile=false"]
+        for item in overrides:
+            command += ["--set", item]
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
     failed = []
@@ -77,7 +80,7 @@ def run_case(runs: int, threads: int, epochs: int, workdir: Path) -> float:
     return seconds
 
 
-def measure(epochs: int = 1, rounds: int = 1) -> list[dict]:
+def measure(epochs: int = 1, rounds: int = 1, overrides: tuple[str, ...] = ()) -> list[dict]:
     """Every case of :func:`cases`, ``rounds`` times interleaved: ``[{"case", "runs", "threads", "seconds"}]``."""
     found = cases()
     times: dict[int, list[float]] = {i: [] for i in range(len(found))}
@@ -86,23 +89,24 @@ def measure(epochs: int = 1, rounds: int = 1) -> list[dict]:
             order = range(len(found)) if r % 2 == 0 else reversed(range(len(found)))
             for i in order:
                 _, runs, threads = found[i]
-                times[i].append(run_case(runs, threads, epochs, Path(tmp)))
+                times[i].append(run_case(runs, threads, epochs, Path(tmp), overrides))
                 print(f"  threads: {found[i][0]}: {times[i][-1]:.1f} s", flush=True)
     return [{"case": label, "runs": runs, "threads": threads, "seconds": statistics.median(times[i])}
             for i, (label, runs, threads) in enumerate(found)]
 
 
-def threads_section(epochs: int = 1, rounds: int = 1) -> str:
+def threads_section(epochs: int = 1, rounds: int = 1, overrides: tuple[str, ...] = ()) -> str:
     """The markdown table of :func:`measure`."""
     from benchmarks.common import md_table
 
-    results = measure(epochs, rounds)
+    results = measure(epochs, rounds, overrides)
     alone = results[0]["seconds"]
     rows = [[r["case"], f"{r['seconds']:.1f}", f"{r['seconds'] / r['runs']:.1f}", f"{r['seconds'] / alone:.2f}"]
             for r in results]
     header = ["case", "wall s (all done)", "wall s per run", "vs one alone"]
     capped, uncapped = results[2]["seconds"], results[1]["seconds"]
-    note = (f"configs/default.yaml with train.epochs={epochs}, train.compile=false, through the CLI (start-up "
+    sets = "".join(f", {item}" for item in overrides)
+    note = (f"configs/default.yaml with train.epochs={epochs}, train.compile=false{sets}, through the CLI (start-up "
             f"included), median of {rounds} round(s). Two runs capped at cores // 2 threads finish "
             f"{uncapped / capped:.1f}x sooner than two uncapped runs.")
     return md_table(header, rows) + "\n\n" + note
@@ -112,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=1, help="train.epochs of every run (the preset has 6)")
     p.add_argument("--rounds", type=int, default=1, help="times each case runs (medians)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="another config override for every run (repeatable)")
     args = p.parse_args(argv)
-    print(threads_section(args.epochs, args.rounds))
+    print(threads_section(args.epochs, args.rounds, tuple(args.overrides)))
     return 0
 
 

@@ -23,7 +23,8 @@ st.markdown(
     "nothing is stored."
 )
 
-up = st.file_uploader("State dict", type=[s.lstrip(".") for s in CHECKPOINT_SUFFIXES], key="ic_upload")
+up = st.file_uploader("State dict", type=[s.lstrip(".") for s in CHECKPOINT_SUFFIXES], key="ic_upload",
+                      help="A Swin or BEiT weights file from the official code, timm or Hugging Face.")
 if up is None:
     st.info("Try it with a Swin-T or BEiT-B checkpoint from timm or the Hugging Face hub (download it first).")
     st.stop()
@@ -33,11 +34,14 @@ with ui.guard("read this file", "upload a .pth/.pt/.bin/.safetensors state dict 
     info = state.imported_checkpoint(up.getvalue(), up.name)
     st.success(info["summary"])
     keys = pd.DataFrame(info["rows"])
-    action = st.segmented_control("Show keys", ["renamed", "mapped", "dropped"], default="renamed", key="ic_action")
+    action = st.segmented_control("Show keys", ["renamed", "mapped", "dropped"], default="renamed", key="ic_action",
+                                  help="Which keys of the file to list: bias tables under another name (renamed), "
+                                  "names relpos uses too (mapped), everything else (dropped).")
     st.dataframe(keys[keys["action"] == action] if action else keys, hide_index=True)
     tables = [t for t in info["tables"] if t["table"] is not None]
     if tables:
-        choice = st.selectbox("Table", range(len(tables)), format_func=lambda i: tables[i]["label"], key="ic_table")
+        choice = st.selectbox("Table", range(len(tables)), format_func=lambda i: tables[i]["label"], key="ic_table",
+                              help="Which of the file's bias tables to draw (one per block or stage).")
         t = tables[choice]
         extra = FAMILIES[t["kind"]].extra_rows
         table = t["table"][:-extra] if extra else t["table"]  # the class-token rows are not offsets

@@ -27,15 +27,18 @@ PENDING = "ex_sweep_pending"
 
 with ui.guard("prepare the sweep", "check the sweep file, the values you typed, and the configs/ folder"):
     st.subheader("Queue a sweep")
-    mode = st.radio("Start from", ["a sweep file", "build one here"], horizontal=True, key="ex_mode")
+    mode = st.radio("Start from", ["a sweep file", "build one here"], horizontal=True, key="ex_mode",
+                    help="Run a prepared sweep from configs/sweeps/, or choose the schemes and keys here.")
     source, seeds = None, None
     if mode == "a sweep file":
         files = leaderboard.spec_files()
-        path = st.selectbox("Sweep file", files, format_func=lambda p: f"configs/sweeps/{p.name}", key="ex_file")
+        path = st.selectbox("Sweep file", files, format_func=lambda p: f"configs/sweeps/{p.name}", key="ex_file",
+                            help="A prepared comparison: which preset, which schemes, which keys to vary.")
         raw = load_config(path)
         given = raw.get("seeds", 1)
         default = min(given if isinstance(given, int) else len(given), leaderboard.MAX_APP_SEEDS)
-        chosen = st.slider("Seeds per cell", 1, leaderboard.MAX_APP_SEEDS, default, key=f"ex_file_seeds_{path.name}")
+        chosen = st.slider("Seeds per cell", 1, leaderboard.MAX_APP_SEEDS, default, key=f"ex_file_seeds_{path.name}",
+                           help="Each cell trains once per seed; the leaderboard shows the mean ± std over them.")
         seeds = None if chosen == default and isinstance(given, int) and given <= leaderboard.MAX_APP_SEEDS else chosen
         spec = load_spec(path, seeds=seeds)
         st.caption(f"{spec['description'] or spec['name']} · base preset **{spec['base']}** · grid "
@@ -71,7 +74,8 @@ def results_section() -> None:
         pending = st.session_state.pop(PENDING, None)
         if pending in dirs or st.session_state.get("ex_sweep") not in dirs:
             st.session_state["ex_sweep"] = pending if pending in dirs else dirs[0]
-        chosen = st.selectbox("Sweep", dirs, format_func=label.get, key="ex_sweep")
+        chosen = st.selectbox("Sweep", dirs, format_func=label.get, key="ex_sweep",
+                              help="Which sweep's leaderboard and curves to show (the newest first).")
         view = state.sweep_view(chosen)
         runs = view["sweep"]["runs"]
         done, waiting = sum(r["state"] == "done" for r in runs), sum(r["state"] in jobs.ACTIVE_STATES for r in runs)
@@ -80,8 +84,9 @@ def results_section() -> None:
         rows = view["rows"]
         colors = cell_colors(list(view["curves"]))  # one colour per cell, in grid order, in both figures
         runs_ui.leaderboard_table(rows, key="ex_leaderboard")
-        ui.side_by_side((leaderboard_figure(rows, colors), "ex_bars"), (sweep_curves_figure(view["curves"], colors),
-                                                                       "ex_curves"))
+        # uirevision: a zoom survives the refresh while members train.
+        ui.side_by_side((leaderboard_figure(rows, colors).update_layout(uirevision=chosen), "ex_bars"),
+                        (sweep_curves_figure(view["curves"], colors).update_layout(uirevision=chosen), "ex_curves"))
         failed = [r for r in runs if r["state"] in ("failed", "cancelled", "missing")]
         if failed:
             st.warning("**Failed members** (the others still finish):\n\n" + "\n".join(
@@ -90,7 +95,8 @@ def results_section() -> None:
         members = {m["run"]: f"{Path(m['run']).name} · seed {m['seed']}" for m in view["sweep"].get("members") or []
                    if m.get("run")}
         if members:
-            path = st.selectbox("Open a member", list(members), key="ex_member", format_func=members.get)
+            path = st.selectbox("Open a member", list(members), key="ex_member", format_func=members.get,
+                                help="One run of the sweep, to open in another page with the buttons below.")
             runs_ui.open_run_links(path, Path(path).name, key="ex_open")
         if st.session_state.get("ex_polling") and not view["active"]:  # done since the last refresh: stop polling
             st.session_state["ex_polling"] = False

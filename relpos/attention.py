@@ -19,8 +19,10 @@ Two paths compute the same thing:
 (``attn_impl="auto"``). A rotary position embedding (``rope_kwargs``, :mod:`relpos.rotary`) turns the
 queries and keys after the ``qkv`` split and adds no bias, so a layer with RoPE alone takes exactly
 the kernels of a layer without position (fused SDPA forward and backward from
-``SDPA_MIN_TOKENS_TRAIN`` tokens in training), never the biased ones. Attention maps are an explicit request: :func:`collect_attention_maps`.
-That request and :func:`relative_position_bias_disabled` are *context-local*: they live in
+``SDPA_MIN_TOKENS_TRAIN`` tokens in training), never the biased ones. Attention maps are an explicit
+request: :func:`collect_attention_maps`.
+That request, :func:`relative_position_bias_disabled` and its siblings for the other position parts
+(:func:`rotary_position_disabled`, :func:`absolute_position_disabled`) are *context-local*: they live in
 ``contextvars.ContextVar`` values the layers read during the forward, never in flags written on the
 modules, so threads (e.g. browser sessions) sharing one model never see each other's requests.
 """
@@ -35,29 +37,25 @@ import torch
 from torch import nn
 
 from relpos._attention_kernels import KERNELS, check_bias, check_qkv, run_kernel
-from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
+from relpos._validation import check_bool, check_choice, check_float, check_int
 from relpos.families import resolve_bias_kwargs
 from relpos.guards import check_budget, estimate_attention_maps_for
 from relpos.relative_position import RelativePositionBias
-from relpos.rotary import GRID_INDEXINGS, RotaryPositionEmbedding, estimate_rotary_memory
+from relpos.rotary import RotaryPositionEmbedding, resolve_rope_kwargs
 
 __all__ = [
     "ATTN_IMPLS",
-    "ROPE_KWARGS",
     "MultiHeadAttention",
     "ScaledDotProductAttention",
     "collect_attention_maps",
+    "absolute_position_disabled",
+    "absolute_position_enabled",
     "relative_position_bias_disabled",
-    "resolve_rope_kwargs",
+    "rotary_position_disabled",
 ]
 
 #: Values of ``MultiHeadAttention(attn_impl=...)``.
 ATTN_IMPLS: tuple[str, ...] = ("auto", "sdpa", "explicit")
-
-#: Every keyword ``RotaryPositionEmbedding`` accepts (what ``rope_kwargs`` may hold).
-ROPE_KWARGS: tuple[str, ...] = (
-    "head_dim", "grid_size", "mode", "theta", "num_heads", "grid_indexing", "num_prefix_tokens"
-)
 
 # Path choice, measured on this CPU (2 threads; benchmarks/ and BENCHMARKS.md hold the sweep).
 # Without autograd, MultiHeadAttention(attn_impl="auto") always takes the no-weights route; inside
@@ -126,6 +124,12 @@ _MAP_REQUEST: contextvars.ContextVar[_MapRequest | None] = contextvars.ContextVa
 )
 _BIAS_OFF: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
     "relpos_attention_bias_off", default=frozenset()
+)
+_ROTARY_OFF: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "relpos_attention_rotary_off", default=frozenset()
+)
+_ABSOLUTE_OFF: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "relpos_absolute_position_off", default=frozenset()
 )
 
 
@@ -214,7 +218,7 @@ class MultiHeadAttention(nn.Module):
             ``"explicit"`` (always materialize the weights).
         rope_kwargs: keyword arguments of :class:`~relpos.rotary.RotaryPositionEmbedding` (at least
             ``grid_size``; ``mode``, ``theta``, ``grid_indexing``, ``num_prefix_tokens`` optional):
-            this layer then rotates its queries and keys (:func:`resolve_rope_kwargs` fills
+            this layer then rotates its queries and keys (:func:`relpos.rotary.resolve_rope_kwargs` fills
             ``head_dim`` and ``num_heads``, which must agree when given). Works alone or with a
             relative position bias.
 
@@ -296,7 +300,7 @@ class MultiHeadAttention(nn.Module):
             bias = self.relative_position_bias()  # (H, N, N)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
-        if self.rope is not None:
+        if self.rope is not None and self not in _ROTARY_OFF.get():
             q, k = self.rope(q, k)  # each (B, H, N, D), turned by position (prefix tokens untouched)
         bias_grad = bias is not None and bias.requires_grad
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or bias_grad)
@@ -319,53 +323,6 @@ def resolve_rpb_kwargs(rpb_kwargs: dict | None, num_heads: int) -> dict:
     return resolve_bias_kwargs(rpb_kwargs, num_heads=num_heads)
 
 
-def resolve_rope_kwargs(rope_kwargs: dict | None, *, head_dim: int, num_heads: int, **model: object) -> dict:
-    """``RotaryPositionEmbedding`` keyword arguments: ``rope_kwargs`` checked, the layer's sizes filled.
-
-    Args:
-        rope_kwargs: keyword arguments of :class:`~relpos.rotary.RotaryPositionEmbedding` (names in
-            :data:`ROPE_KWARGS`), or ``None`` (all from the caller).
-        head_dim: the attention's ``D``; ``num_heads``: its ``H`` (both filled; given values must agree).
-        **model: more values the caller fixes (a ViT: ``grid_size``, ``mode``, ``num_prefix_tokens``);
-            given values must agree with them.
-
-    Returns:
-        A new dict with ``head_dim``, ``num_heads`` and ``grid_size``; every value checked without
-        building anything (mode, the head_dim it allows, the grid, ``theta > 0``, ``grid_indexing``).
-
-    Raises:
-        TypeError: ``rope_kwargs`` is not a dict or None, or a value has the wrong type.
-        ValueError: an unknown key, a value that disagrees with the layer or the model, no
-            ``grid_size``, an odd or (2D) non-multiple-of-4 ``head_dim``, or a value out of range.
-    """
-    if rope_kwargs is None:
-        rope_kwargs = {}
-    if not isinstance(rope_kwargs, dict):
-        raise TypeError(f"rope_kwargs must be a dict or None, got {type(rope_kwargs).__name__}")
-    unknown = sorted(str(k) for k in rope_kwargs if k not in ROPE_KWARGS)
-    if unknown:
-        raise ValueError(f"rope_kwargs has unknown keys {unknown}; allowed: {', '.join(ROPE_KWARGS)}")
-    kwargs = dict(rope_kwargs)
-    for key, value in {"head_dim": head_dim, "num_heads": num_heads, **model}.items():
-        given = kwargs.setdefault(key, value)
-        if key == "grid_size" and isinstance(value, tuple):  # (h, w), [h, w] and a square's side agree
-            given = check_window_size("rope_kwargs['grid_size']", given)
-        if given != value:
-            whose = "the attention's" if key in ("head_dim", "num_heads") else "the model's"
-            raise ValueError(f"rope_kwargs['{key}'] ({given!r}) must equal {whose} {key} ({value!r})")
-    if kwargs.get("grid_size") is None:
-        raise ValueError("rope_kwargs needs grid_size: the (h, w) token grid (or the length L for mode '1d')")
-    mode = kwargs.get("mode", "axial")
-    estimate_rotary_memory(  # checks mode, head_dim (even; a multiple of 4 in 2D), the grid and the counts
-        kwargs["head_dim"], kwargs["grid_size"], mode, kwargs["num_heads"], kwargs.get("num_prefix_tokens", 0)
-    )
-    if kwargs.get("theta") is not None:
-        check_float("rope_kwargs['theta']", kwargs["theta"], minimum=0.0, min_inclusive=False)
-    if kwargs.get("grid_indexing") is not None:
-        check_choice("rope_kwargs['grid_indexing']", kwargs["grid_indexing"], GRID_INDEXINGS)
-    return kwargs
-
-
 def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -385,6 +342,38 @@ def relative_position_bias_disabled(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         _BIAS_OFF.reset(token)
+
+
+@contextlib.contextmanager
+def rotary_position_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` with every rotary position embedding switched off (queries and keys are not
+    turned) inside the ``with`` block; context-local like :func:`relative_position_bias_disabled`."""
+    mods = frozenset(m for _, m in _attention_modules(model) if m.rope is not None)
+    token = _ROTARY_OFF.set(_ROTARY_OFF.get() | mods)
+    try:
+        yield model
+    finally:
+        _ROTARY_OFF.reset(token)
+
+
+@contextlib.contextmanager
+def absolute_position_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as if every absolute position embedding (a module's ``pos_embed`` tensor, e.g.
+    the ViT's) were zero, inside the ``with`` block; context-local like
+    :func:`relative_position_bias_disabled` (the models ask :func:`absolute_position_enabled`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    mods = frozenset(m for m in model.modules() if isinstance(getattr(m, "pos_embed", None), torch.Tensor))
+    token = _ABSOLUTE_OFF.set(_ABSOLUTE_OFF.get() | mods)
+    try:
+        yield model
+    finally:
+        _ABSOLUTE_OFF.reset(token)
+
+
+def absolute_position_enabled(module: nn.Module) -> bool:
+    """Whether ``module`` adds its absolute position embedding in this context (read by its forward)."""
+    return module not in _ABSOLUTE_OFF.get()
 
 
 @torch.no_grad()

@@ -33,7 +33,13 @@ import torch
 from torch import nn
 
 from relpos._validation import check_window_size
-from relpos.attention import MultiHeadAttention, collect_attention_maps, relative_position_bias_disabled
+from relpos.attention import (
+    MultiHeadAttention,
+    absolute_position_disabled,
+    collect_attention_maps,
+    relative_position_bias_disabled,
+    rotary_position_disabled,
+)
 from relpos.geometry import strip_class_token
 from relpos.geometry import token_distances as grid_distances
 from relpos.relative_position import RelativePositionBias
@@ -52,6 +58,8 @@ __all__ = [
     "locality_score",
     "mean_attention_distance",
     "model_summary",
+    "position_disabled",
+    "position_parts_of",
     "predict",
     "softmax_entropy",
     "symmetry_score",
@@ -303,11 +311,45 @@ def table_geometry(model: nn.Module) -> dict:
     }
 
 
+def position_parts_of(model: nn.Module) -> tuple[str, ...]:
+    """The position parts ``model`` holds, in the order ``("relative", "rotary", "absolute")``: a
+    relative bias, a rotary embedding in some attention layer, an absolute embedding (a ``pos_embed``
+    tensor). Empty for a model without position information."""
+    mods = list(model.modules())
+    parts = []
+    if any(isinstance(m, RelativePositionBias) for m in mods):
+        parts.append("relative")
+    if any(isinstance(m, MultiHeadAttention) and m.rope is not None for m in mods):
+        parts.append("rotary")
+    if any(isinstance(getattr(m, "pos_embed", None), torch.Tensor) for m in mods):
+        parts.append("absolute")
+    return tuple(parts)
+
+
+def position_disabled(model: nn.Module, part: str | None) -> contextlib.AbstractContextManager:
+    """The context manager that switches position part ``part`` of ``model`` off for the forwards in
+    its block (``"relative"``, ``"rotary"``, ``"absolute"``; None: nothing). Context-local."""
+    switches = {"relative": relative_position_bias_disabled, "rotary": rotary_position_disabled,
+                "absolute": absolute_position_disabled}
+    if part is None:
+        return contextlib.nullcontext(model)
+    if part not in switches:
+        raise ValueError(f"part must be one of {', '.join(map(repr, switches))} or None, got {part!r}")
+    return switches[part](model)
+
+
 def model_summary(model: nn.Module) -> dict:
-    """``depth``, ``num_heads``, ``grid`` (h, w), ``num_tokens``, ``bias_type`` (or None), ``params``."""
+    """``depth``, ``num_heads``, ``grid`` (h, w), ``num_tokens``, ``bias_type`` (or None), ``params``,
+    and its position parts: ``rotary`` (the rotary mode or None), ``absolute`` (bool), ``position``
+    (:func:`position_parts_of`)."""
     rpbs = bias_modules(model)
     grid = tuple(getattr(model, "grid_size", ()) or ())
+    rope = next((m.rope for m in model.modules() if isinstance(m, MultiHeadAttention) and m.rope is not None), None)
+    parts = position_parts_of(model)
     return {
+        "rotary": None if rope is None else rope.mode,
+        "absolute": "absolute" in parts,
+        "position": parts,
         "depth": getattr(model, "depth", len(rpbs)),
         "num_heads": getattr(model, "num_heads", rpbs[0].num_heads if rpbs else None),
         "grid": grid,

@@ -243,9 +243,9 @@ def list_runs(runs_root: str | Path = "checkpoints") -> list[dict]:
 
 
 def _finish_if_active(run_dir: Path, **fields: Any) -> dict:
-    status = _read_json_safe(run_dir, rundir.STATUS_FILE) or {}
-    if status.get("state") in rundir.TERMINAL_STATES:
-        return status
+    record = runfolder.read_run(run_dir, metrics=False)  # validated: a state of any JSON type is no state
+    if record is not None and record.state in rundir.TERMINAL_STATES:
+        return _read_json_safe(run_dir, rundir.STATUS_FILE) or {"state": record.state}
     return rundir.update_status(run_dir, **fields)
 
 
@@ -255,8 +255,8 @@ def cancel_run(run_dir: str | Path, grace: float = 10.0, runs_root: str | Path |
     A run still waiting in the queue is marked ``cancelled`` under the queue's lock and never
     trains. The run always ends in a terminal state: when the trainer wrote none before dying, the
     run is marked ``cancelled`` (under the lock; a trainer that had not made its first write yet
-    then sees it and does not start, :func:`relpos.experiments.runqueue.begin_run`). A run that already finished is left as it is. The freed slot goes
-    to the next queued run.
+    then sees it and does not start, :func:`relpos.experiments.runqueue.begin_run`). A run that
+    already finished is left as it is. The freed slot goes to the next queued run.
 
     Args:
         run_dir: the run directory.

@@ -31,6 +31,7 @@ __all__ = [
     "apply_bias_preset",
     "bias_arrays",
     "demo_attention",
+    "demo_logits",
     "learned_families",
     "make_bias",
     "preset_table",
@@ -214,6 +215,36 @@ def apply_bias_preset(model: nn.Module, preset: str, alpha: float = 1.0, seed: i
     return new
 
 
+def _demo_queries_keys(h: int, n: int, seed: int, head_dim: int, content_scale: float) -> tuple[torch.Tensor, ...]:
+    """The fixed random queries and keys of :func:`demo_attention`, ``(1, H, N, D)`` each."""
+    gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+    q = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
+    k = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
+    return q, k
+
+
+def demo_logits(
+    num_heads: int,
+    num_tokens: int,
+    seed: int = 0,
+    head_dim: int = 16,
+    content_scale: float = 1.0,
+) -> np.ndarray:
+    """The content logits ``q k^T / sqrt(D)`` of :func:`demo_attention`'s fixed input.
+
+    ``softmax(demo_logits(H, N, ...) + bias)`` is ``demo_attention(bias, ...)[0]`` for an
+    ``(H, N, N)`` bias (same seed, head dim and content scale): the formula's first step.
+
+    Returns:
+        ``(H, N, N)`` float32.
+    """
+    num_heads, num_tokens = check_int("num_heads", num_heads), check_int("num_tokens", num_tokens)
+    head_dim = check_int("head_dim", head_dim, maximum=256)
+    content_scale = check_float("content_scale", content_scale, minimum=0.0, maximum=100.0)
+    q, k = _demo_queries_keys(num_heads, num_tokens, seed, head_dim, content_scale)  # (1, H, N, D) each
+    return (q[0] @ k[0].transpose(-2, -1) * head_dim**-0.5).numpy()  # (H, N, N)
+
+
 def demo_attention(
     bias: torch.Tensor | np.ndarray,
     seed: int = 0,
@@ -240,9 +271,7 @@ def demo_attention(
     head_dim = check_int("head_dim", head_dim, maximum=256)
     content_scale = check_float("content_scale", content_scale, minimum=0.0, maximum=100.0)
     h, n, _ = bias.shape
-    gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
-    q = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
-    k = torch.randn(1, h, n, head_dim, generator=gen) * content_scale  # (1, H, N, D)
+    q, k = _demo_queries_keys(h, n, seed, head_dim, content_scale)  # (1, H, N, D) each
     v = torch.zeros(1, h, n, 1)
     attn = ScaledDotProductAttention()
     with torch.no_grad():

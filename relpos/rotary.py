@@ -32,8 +32,9 @@ temperature=theta, in_pixels=False, feat_shape=(h, w), grid_indexing=...)`` appl
 ``set_grid_size(new, rescale=True)`` is EVA's ``ref_feat_shape`` scheme: coordinates
 ``arange(new) / new * train``, so a larger grid interpolates inside the training range.
 
-About 490 lines, over the usual 400: the rotation, its checks, its position kernel (RoPE's stand-in for a
-bias table) and its memory estimate are one concept, and splitting them would scatter the conventions
+About 540 lines, over the usual 400: the rotation, its checks and the resolution of its arguments
+(:func:`resolve_rope_kwargs`, for the attention, the ViT and the config), its position kernel (RoPE's
+stand-in for a bias table) and its memory estimate are one concept, and splitting them would scatter the conventions
 above over several files.
 """
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_THETA",
     "DIRECTION_KINDS",
     "GRID_INDEXINGS",
+    "ROPE_KWARGS",
     "ROTARY_MODES",
     "RotaryPositionEmbedding",
     "apply_rotary",
@@ -60,6 +62,7 @@ __all__ = [
     "content_directions",
     "estimate_rotary_memory",
     "init_mixed_freqs",
+    "resolve_rope_kwargs",
     "rotate_pairs",
     "sequence_bands",
 ]
@@ -165,6 +168,59 @@ def estimate_rotary_memory(
     parts = rotary_memory_parts(mode == "mixed", head_dim, n, h, tokens - n)  # the arithmetic lives in guards
     size = f"seq_len {grid}" if isinstance(grid, int) else f"grid {grid}"
     return MemoryEstimate(f"RotaryPositionEmbedding({mode}, head_dim {head_dim}, {h} heads, {size})", parts)
+
+
+#: Every keyword ``RotaryPositionEmbedding`` accepts (what ``rope_kwargs`` may hold).
+ROPE_KWARGS: tuple[str, ...] = (
+    "head_dim", "grid_size", "mode", "theta", "num_heads", "grid_indexing", "num_prefix_tokens"
+)
+
+
+def resolve_rope_kwargs(rope_kwargs: dict | None, *, head_dim: int, num_heads: int, **model: object) -> dict:
+    """``RotaryPositionEmbedding`` keyword arguments: ``rope_kwargs`` checked, the layer's sizes filled.
+
+    Args:
+        rope_kwargs: keyword arguments of :class:`~relpos.rotary.RotaryPositionEmbedding` (names in
+            :data:`ROPE_KWARGS`), or ``None`` (all from the caller).
+        head_dim: the attention's ``D``; ``num_heads``: its ``H`` (both filled; given values must agree).
+        **model: more values the caller fixes (a ViT: ``grid_size``, ``mode``, ``num_prefix_tokens``);
+            given values must agree with them.
+
+    Returns:
+        A new dict with ``head_dim``, ``num_heads`` and ``grid_size``; every value checked without
+        building anything (mode, the head_dim it allows, the grid, ``theta > 0``, ``grid_indexing``).
+
+    Raises:
+        TypeError: ``rope_kwargs`` is not a dict or None, or a value has the wrong type.
+        ValueError: an unknown key, a value that disagrees with the layer or the model, no
+            ``grid_size``, an odd or (2D) non-multiple-of-4 ``head_dim``, or a value out of range.
+    """
+    if rope_kwargs is None:
+        rope_kwargs = {}
+    if not isinstance(rope_kwargs, dict):
+        raise TypeError(f"rope_kwargs must be a dict or None, got {type(rope_kwargs).__name__}")
+    unknown = sorted(str(k) for k in rope_kwargs if k not in ROPE_KWARGS)
+    if unknown:
+        raise ValueError(f"rope_kwargs has unknown keys {unknown}; allowed: {', '.join(ROPE_KWARGS)}")
+    kwargs = dict(rope_kwargs)
+    for key, value in {"head_dim": head_dim, "num_heads": num_heads, **model}.items():
+        given = kwargs.setdefault(key, value)
+        if key == "grid_size" and isinstance(value, tuple):  # (h, w), [h, w] and a square's side agree
+            given = check_window_size("rope_kwargs['grid_size']", given)
+        if given != value:
+            whose = "the attention's" if key in ("head_dim", "num_heads") else "the model's"
+            raise ValueError(f"rope_kwargs['{key}'] ({given!r}) must equal {whose} {key} ({value!r})")
+    if kwargs.get("grid_size") is None:
+        raise ValueError("rope_kwargs needs grid_size: the (h, w) token grid (or the length L for mode '1d')")
+    mode = kwargs.get("mode", "axial")
+    estimate_rotary_memory(  # checks mode, head_dim (even; a multiple of 4 in 2D), the grid and the counts
+        kwargs["head_dim"], kwargs["grid_size"], mode, kwargs["num_heads"], kwargs.get("num_prefix_tokens", 0)
+    )
+    if kwargs.get("theta") is not None:
+        check_float("rope_kwargs['theta']", kwargs["theta"], minimum=0.0, min_inclusive=False)
+    if kwargs.get("grid_indexing") is not None:
+        check_choice("rope_kwargs['grid_indexing']", kwargs["grid_indexing"], GRID_INDEXINGS)
+    return kwargs
 
 
 # ---------------------------------------------------------------------------- the module

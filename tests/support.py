@@ -11,14 +11,29 @@ from relpos import jobs
 from relpos.experiments import runproc
 
 
+def _started_here(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process (a trainer a test started, alive or a zombie)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def kill_runs(root: Path) -> None:
-    """Finalizer: SIGKILL the process group of every run under ``root`` and reap it."""
+    """Finalizer: SIGKILL the process group of every run under ``root`` that a test started, and reap it.
+
+    A run folder is untrusted data: its pid may be anyone's (1, this process, another user's trainer).
+    Only a process group led by a child of this process, or by the run's own live trainer
+    (:func:`relpos.jobs.is_alive` with the run folder), is killed; never pid 1 or this process's group.
+    """
     if not root.is_dir():
         return
     for child in root.iterdir():
         if child.is_dir() and not child.is_symlink():
             pid = jobs.run_pid(child)
-            if pid is not None:
+            if pid is None or pid <= 1 or pid in (os.getpid(), os.getpgrp()):
+                continue
+            if _started_here(pid) or jobs.is_alive(pid, child):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
                 jobs.is_alive(pid)  # reap our own children

@@ -454,7 +454,7 @@ def test_model_without_bias_is_explained(runs_root, tmp_path):
     at = new_app().run()
     at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(path)).run()
     open_page(at, "attention")
-    assert "am_diff" not in charts(at)
+    assert at.selectbox(key="am_part").options == ["absolute embedding"]  # the ablation that applies to it
     at.selectbox(key="am_table").set_value("locality").run()
     assert_clean(at, "preset on a model without bias")
     assert any("no relative position bias" in w.value for w in at.warning)
@@ -569,7 +569,9 @@ def test_bias_explorer_draws_every_family_with_the_library_numbers(runs_root):
         if kind == "t5":
             assert "be_t5_map" in figs
         np.testing.assert_allclose(heatmap_z(figs["be_bias"]), bias[0], rtol=1e-6, atol=1e-6)
-        query_bias = heatmap_z(figs["be_query_bias"])  # the chosen query's row over the patch grid
+        # The chosen query's row: over the patch grid (2D), as bars over the key (1D).
+        qfig = figs["be_query_bias"]
+        query_bias = decode(qfig["data"][0]["y"]) if kind in ("1d", "t5") else heatmap_z(qfig)
         patch = bias[0, 1:, 1:] if kind == "2d_cls" else bias[0]
         q = at.slider(key="be_query").value
         np.testing.assert_allclose(query_bias.reshape(-1), patch[q], rtol=1e-6, atol=1e-6)

@@ -169,3 +169,21 @@ def test_format_and_sum():
     b = MemoryEstimate("b", {"x": 10})
     assert (a + b).breakdown == {"x": 11, "y": 2} and int(a + b) == 13
     assert "x" in MemoryEstimate("c", {"x": 2 * MB, "y": 1}).describe(parts=1)
+
+
+def test_step_parts_and_any_finite_mlp_ratio():
+    small = dict(img_size=16, patch_size=4, in_channels=3, num_classes=5, embed_dim=24, depth=3, num_heads=2,
+                 mlp_ratio=2.0)
+    est = estimate_model_memory(**small, batch_size=8, training=True)
+    n, hidden = 16, 48
+    assert est.breakdown["activations"] == 3 * 8 * n * (10 * 24 + 2 * hidden) * 4
+    assert est.breakdown["attention logits and weights (L x B x H x N x N)"] == 3 * 2 * 8 * 2 * n * n * 4
+    assert est.breakdown["input images"] == 8 * 3 * 16 * 16 * 4
+    # any finite ratio is estimated (and refused by the budget), never a ValueError about its size
+    huge = estimate_model_memory(**{**small, "mlp_ratio": 1e300})
+    assert huge.total > 2**60 and "parameters" in huge.breakdown
+    with pytest.raises(ResourceLimitError, match="VisionTransformer"):
+        check_model_budget(**{**small, "mlp_ratio": 1e300})
+    tiny = estimate_model_memory(**{**small, "mlp_ratio": 1e-6})  # as the model: at least one hidden unit
+    model = VisionTransformer(**{**small, "mlp_ratio": 1e-6})
+    assert tiny.breakdown["parameters"] == sum(p.numel() for p in model.parameters()) * 4

@@ -113,6 +113,24 @@ def test_the_trainer_takes_its_threads_from_the_queue(monkeypatch, capsys):
         torch.set_num_threads(before)
 
 
+def test_the_app_server_takes_the_threads_the_active_runs_leave(tmp_path, monkeypatch):
+    monkeypatch.setattr(runqueue, "_cores", lambda: 4)
+    # this process stands in for a live trainer (whether a pid is a run's trainer is runproc's test)
+    monkeypatch.setattr(runqueue, "is_alive", lambda pid, run_dir=None: pid == os.getpid())
+    root = tmp_path / "runs"
+    root.mkdir()
+    assert runqueue.active_runs(root) == 0 and runqueue.server_threads(root) == 4
+    # training, waiting in the queue, finished: one is active
+    rundir.update_status(root / "a", state="running", pid=os.getpid())
+    rundir.update_status(root / "b", state="queued", created_at=time.time())
+    rundir.update_status(root / "c", state="done", pid=os.getpid())
+    assert runqueue.active_runs(root) == 1 and runqueue.server_threads(root) == 2  # 4 // (1 + 1)
+    rundir.update_status(root / "d", state="running", pid=os.getpid())
+    assert runqueue.server_threads(root) == 1  # 4 // (2 + 1)
+    rundir.update_status(root / "e", state="running", pid=os.getpid())
+    assert runqueue.server_threads(root) == 1  # never below 1
+
+
 # ----------------------------------------------------------------------------- order, limit, cancel
 
 

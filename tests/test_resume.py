@@ -26,7 +26,7 @@ from relpos.experiments import engine, runqueue, train
 from relpos.experiments.checkpoint import read_checkpoint
 from relpos.experiments.config import apply_overrides
 from relpos.experiments.config_utils import load_config
-from relpos.experiments.rundir import BEST_CKPT, LAST_CKPT, STATUS_FILE, read_metrics, read_status, update_status
+from relpos.experiments.rundir import BEST_CKPT, LAST_CKPT, read_metrics, read_status, update_status
 from relpos.experiments.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +113,7 @@ SLOW_EVAL = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    import relpos.experiments.train  # this name on the command line marks the process as a trainer
     from relpos.experiments import engine, train
     marker = Path(sys.argv[1])
     real = engine.evaluate

@@ -14,11 +14,11 @@ from torch.profiler import profile
 
 import relpos.attention as attention_mod
 from relpos import MultiHeadAttention, RotaryPositionEmbedding, VisionTransformer, bias_diagnostics
-from relpos.attention import _choose_kernel, collect_attention_maps, resolve_rope_kwargs
+from relpos.attention import _choose_kernel, collect_attention_maps
 from relpos.experiments.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
 from relpos.experiments.config import ConfigError, apply_overrides, build_model, model_kwargs, resolve_config
 from relpos.guards import estimate_model_memory
-from relpos.rotary import estimate_rotary_memory
+from relpos.rotary import estimate_rotary_memory, resolve_rope_kwargs
 
 IMG, PATCH, GRID = 16, 4, (4, 4)
 

@@ -142,6 +142,22 @@ def test_expand_is_the_grid_product_in_order_times_seeds():
     assert len({m["key"] for m in members}) == 8
 
 
+def test_cell_set_adds_overrides_to_its_cells_only(tmp_path):
+    spec = sw.check_spec({"base": "tiny", "grid": {"model.scheme": ["none", "t5"]},
+                          "cell_set": {"model.scheme=t5": {"model.rpb.num_buckets": 16}}})
+    none, t5 = sw.expand(spec)
+    assert none["overrides"] == ["model.scheme=none", "seed=0"]
+    assert t5["overrides"] == ["model.scheme=t5", "model.rpb.num_buckets=16", "seed=0"]
+    assert t5["key"] == "model.scheme=t5 model.rpb.num_buckets=16 seed=0"  # other options: another member
+    spec["base_path"] = str(REPO / "configs" / "tiny.yaml")
+    sw.resolve_members(spec, [none, t5])  # the option reaches only the family that takes it
+    for bad, message in (({"model.scheme=2d": {"train.lr": 0.1}}, "cell_set.model.scheme=2d"),
+                         ({"model.scheme=t5": {"model.scheme": "2d"}}, "grid or the seeds"),
+                         ({"model.scheme=t5": {}}, "non-empty"), (["x"], "cell_set must map")):
+        with pytest.raises(sw.SweepSpecError, match=message):
+            sw.check_spec({"base": "tiny", "grid": {"model.scheme": ["none", "t5"]}, "cell_set": bad})
+
+
 @pytest.mark.parametrize("grid, message", [
     ({"model.scheme": ["2d", "rope"]}, "model.scheme = 'rope'"),
     ({"model.nonsense": [1]}, "model.nonsense"),

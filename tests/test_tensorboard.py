@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import struct
 from pathlib import Path
@@ -225,13 +226,17 @@ def test_mirror_follows_metrics_jsonl_and_never_writes_a_line_twice(tmp_path):
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
-def test_mirror_never_follows_a_symlinked_metrics_file(tmp_path):
+def test_mirror_never_follows_a_symlink_nor_waits_on_a_fifo(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     real = tmp_path / "elsewhere.jsonl"
     real.write_text(_line({"kind": "step", "step": 2, "train_loss": 1.0}))
     (run / "metrics.jsonl").symlink_to(real)
     assert tb.TensorBoardMirror(run).sync() == 0
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")  # a FIFO is refused, never waited on
+    assert tb.TensorBoardMirror(run).sync() == 0
+    assert not (run / "tensorboard").exists()
 
 
 def test_export_cli(tmp_path, capsys):

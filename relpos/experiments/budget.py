@@ -45,7 +45,9 @@ from relpos.guards import (
     memory_budget_bytes,
 )
 
-__all__ = ["SIZE_KEYS", "baseline_sizes", "largest_contributor", "refuse_over_budget", "training_memory"]
+__all__ = [
+    "ORDER_BYTES", "SIZE_KEYS", "baseline_sizes", "largest_contributor", "refuse_over_budget", "training_memory",
+]
 
 #: The config keys memory grows with: the candidates a refusal may name.
 SIZE_KEYS: tuple[str, ...] = (

@@ -300,7 +300,9 @@ def load_checkpoint(
         raise CheckpointError(f"{checkpoint_path}: the optimizer/scheduler state does not fit: {exc}") from None
     if restore_rng and ckpt["rng"]:
         restore_rng_state(ckpt["rng"])
-    return int(ckpt["epoch"]), dict(ckpt["metrics"])
+    epoch, metrics = ckpt["epoch"], ckpt["metrics"]  # foreign metadata is ignored, never fatal
+    return (epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0,
+            dict(metrics) if isinstance(metrics, dict) else {})
 
 
 def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

@@ -16,7 +16,10 @@ per-epoch diagnostics and the checkpoints use the plain model, so a checkpoint k
 (no ``_orig_mod.``) and evaluation never waits for a second compile. Compiling needs a C++ compiler
 on the CPU (Triton on CUDA): without one, or when the compile fails, the run goes on eagerly and
 says so in its log (``train.log``). Compiled and eager runs agree to float rounding (fused kernels
-add in another order), not bit for bit; ``tests/test_compile.py`` checks the accuracy.
+add in another order), not bit for bit; ``tests/test_compile.py`` checks the accuracy. So a compiled
+run's ``--resume`` matches an uninterrupted run to rounding only (an eager one matches it exactly),
+and with ``model.dropout > 0`` the compiled dropout masks are drawn differently from eager ones.
+Under torchrun, ``auto`` stays eager (each rank would time its own steps, and they could disagree).
 
 A cancel (SIGTERM) that lands during the compile waits for it (the step it is in ends first).
 """
@@ -133,12 +136,14 @@ class TrainingModel(nn.Module):
         self.remaining_steps = int(remaining_steps)
         self.costs = costs
         #: "probing" (auto, timing eager steps), "compiled", "eager" (decided or fallen back).
-        self.mode = "compiled" if compile_now else "probing"
-        self._compiled: list[Any] = [torch.compile(model, dynamic=False)] if compile_now else []
-        self._first_compiled_call = compile_now
+        self.mode = "probing"
+        self._compiled: list[Any] = []  # the compiled module, kept out of the registered submodules
+        self._first_compiled_call = False
         self._calls = 0
         self._last: float | None = None
         self._gaps: list[float] = []
+        if compile_now:
+            self._start_compiling()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self.training:
@@ -153,12 +158,24 @@ class TrainingModel(nn.Module):
         try:
             out = self._compiled[0](*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead
-            self.mode, self._compiled = "eager", []
-            logger.warning("torch.compile failed (%s: %s); training eagerly",
-                           type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            self._fall_back(exc)
             return self.module(*args, **kwargs)
         self._first_compiled_call = False
         return out
+
+    def _start_compiling(self) -> None:
+        """Wrap the model with ``torch.compile`` (it compiles on the next call); eager if that refuses."""
+        try:
+            self._compiled = [torch.compile(self.module, dynamic=False)]
+        except Exception as exc:  # noqa: BLE001 - e.g. a Python version Dynamo does not support
+            self._fall_back(exc)
+            return
+        self.mode, self._first_compiled_call = "compiled", True
+
+    def _fall_back(self, exc: Exception) -> None:
+        self.mode, self._compiled = "eager", []
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        logger.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, first_line)
 
     def _probe(self) -> None:
         """Time the gap since the last call; after PROBE_STEPS gaps, decide (auto)."""
@@ -177,8 +194,7 @@ class TrainingModel(nn.Module):
             "compiling" if pays else "staying eager",
         )
         if pays:
-            self.mode, self._first_compiled_call = "compiled", True
-            self._compiled = [torch.compile(self.module, dynamic=False)]
+            self._start_compiling()
         else:
             self.mode = "eager"
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from relpos.attention import ATTN_IMPLS, resolve_rope_kwargs
+from relpos.attention import ATTN_IMPLS
 from relpos.data.build import DATASETS, resolve_data
 from relpos.data.digits import UPSAMPLE_MODES
 from relpos._limits import load_yaml, short_repr, short_text
@@ -64,6 +64,7 @@ from relpos.families import (
 from relpos.experiments.budget import baseline_sizes, refuse_over_budget, training_memory
 from relpos.guards import MemoryEstimate, estimate_model_memory
 from relpos.models.transformer import POSITION_EMBEDDINGS, VisionTransformer
+from relpos.rotary import resolve_rope_kwargs
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -268,6 +269,8 @@ def _describe(kind: str, opts: dict) -> str:
         rb = "]" if opts.get("max_inclusive", True) else ")"
         rng = f"{lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{rb}"
         return f"an {kind} in {rng}" if kind == "int" else f"a number in {rng}"
+    if kind == "auto_bool":
+        return "auto, true or false"
     return kind
 
 

@@ -26,7 +26,14 @@ from relpos.experiments import _figure_core as core
 from relpos.experiments.lab_report import PAPER_RESULTS
 from relpos.experiments.lab_views import eval_grid
 
-__all__ = ["bars_figure", "paper_transfer_figure", "scheme_colors", "shift_attention_figure", "transfer_figure"]
+__all__ = [
+    "MARK_COLORS",
+    "bars_figure",
+    "paper_transfer_figure",
+    "scheme_colors",
+    "shift_attention_figure",
+    "transfer_figure",
+]
 
 _PALETTE = tuple(qualitative.D3) + tuple(qualitative.Dark24)
 _GRID = "#e5e5e5"
@@ -53,14 +60,17 @@ def _layout(fig: go.Figure, title: str, height: int, **axes: Any) -> go.Figure:
 
 
 def transfer_figure(
-    summary: Sequence[Mapping[str, Any]], train: tuple[int, int], *,
-    title: str = "Accuracy at new grids without fine-tuning (band: lowest to highest seed)",
+    summary: Sequence[Mapping[str, Any]], train: tuple[int, int], *, colors: Mapping[str, str] | None = None,
+    title: str = "Ours: accuracy at larger grids<br><sup>without fine-tuning (dashed: after it); band: "
+                 "lowest to highest seed</sup>",
 ) -> go.Figure:
     """Accuracy against the grid a model is moved to, one line per scheme.
 
     Args:
         summary: summary rows of a transfer lab (``eval`` ``grid=8x8`` or ``grid=8x8/finetuned``).
         train: the training grid ``(gh, gw)``: x is each grid's side over its side.
+        colors: scheme -> colour (default :func:`scheme_colors` of the schemes); pass the same to
+            :func:`paper_transfer_figure` so a scheme has one colour in both.
         title: figure title.
 
     Returns:
@@ -71,10 +81,11 @@ def transfer_figure(
     title = core.check_title(title)
     if train[0] < 1:
         raise ValueError(f"train = {train} is not allowed: a grid (gh, gw) with gh >= 1")
-    colors = scheme_colors([s["scheme"] for s in summary])
+    colors = {**scheme_colors([s["scheme"] for s in summary]), **(colors or {})}
     grids = sorted({g[:2] for s in summary if (g := eval_grid(s["eval"]))})
     traces = []
-    for scheme, color in colors.items():
+    for scheme in dict.fromkeys(s["scheme"] for s in summary):
+        color = colors[scheme]
         for tuned in (False, True):
             items = sorted(((g, s) for s in summary if s["scheme"] == scheme and (g := eval_grid(s["eval"]))
                             and g[2] == tuned), key=lambda t: t[0])
@@ -107,12 +118,15 @@ def transfer_figure(
     )
 
 
-def paper_transfer_figure(*, title: str | None = None) -> go.Figure:
+def paper_transfer_figure(*, colors: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
     """Swin V2's Table 1 (:data:`relpos.experiments.lab_report.PAPER_RESULTS`) against the window's ratio
-    to the training window 8: top-1 % without fine-tuning (solid) and after it (dashed)."""
+    to the training window 8: top-1 % without fine-tuning (solid) and after it (dashed); ``colors``:
+    scheme -> colour (as in :func:`transfer_figure`)."""
     p = PAPER_RESULTS["transfer"]
-    title = core.check_title(title if title is not None else f"The paper: {p['source']}")
-    colors = scheme_colors(list(p["rows"]))
+    if title is None:
+        title = f"The paper: Swin V2, Table 1<br><sup>{p['source']}; dashed: after fine-tuning</sup>"
+    title = core.check_title(title)
+    colors = {**scheme_colors(list(p["rows"])), **(colors or {})}
     traces = []
     x = np.array([1.0] + [w / p["train_window"] for w in p["windows"]], dtype=float)  # (W + 1,)
     for scheme, (label, trained, by_window) in p["rows"].items():
@@ -160,14 +174,16 @@ def bars_figure(
         cells = [by.get((scheme, ev)) for scheme in order]
         name = (group_names or {}).get(ev, ev)
         mean = np.array([np.nan if c is None else c["mean"] for c in cells], dtype=float)  # (S,)
-        std = np.array([0.0 if c is None or c["std"] is None else c["std"] for c in cells], dtype=float)  # (S,)
+        std = np.array([0.0 if c is None or c["std"] is None else c["std"] for c in cells])  # (S,)
         text = ["" if c is None else f"{c['mean']:.3f}" + ("" if c["std"] is None else f" ± {c['std']:.3f}")
-                + f" (n={c['n']})" for c in cells]
-        hover = ["" if c is None else f"{c['n']} seed{'s' if c['n'] != 1 else ''}, {c['images']} images" for c in cells]
+                for c in cells]
+        hover = ["" if c is None else f"{c['n']} seed{'s' if c['n'] != 1 else ''}, {c['images']} images"
+                 for c in cells]
         traces.append(go.Bar(
             x=order, y=mean, name=name, offsetgroup=ev, legendgroup=ev, marker={"color": palette[ev]},
-            error_y={"type": "data", "array": std, "visible": True, "color": "#333", "thickness": 1.5, "width": 5},
-            text=text, textposition="outside", cliponaxis=False, customdata=hover,
+            error_y={"type": "data", "array": std, "visible": True, "color": "#333", "thickness": 1.5,
+                     "width": 5},
+            text=text, textposition="inside", insidetextanchor="start", textangle=0, customdata=hover,
             hovertemplate=f"%{{x}} · {name}<br>%{{text}}<br>%{{customdata}}<extra></extra>"))
         dots = [r for r in rows if r["eval"] == ev and r["scheme"] in order and r.get("accuracy") is not None]
         if dots:
@@ -179,12 +195,12 @@ def bars_figure(
                 hovertemplate=f"%{{x}} · {name}<br>seed %{{customdata}}: %{{y:.3f}}<extra></extra>"))
     fig = go.Figure(data=traces)
     if chance is not None:
-        fig.add_hline(y=float(chance), line={"dash": "dot", "color": "gray"}, annotation_text=f"chance {chance:g}",
-                      annotation_position="bottom right")
+        fig.add_hline(y=float(chance), line={"dash": "dot", "color": "gray"},
+                      annotation_text=f"chance {chance:g}", annotation_position="bottom right")
     return _layout(fig, title, 440, barmode="group", scattermode="group", bargap=0.3,
                    xaxis={"title": {"text": "position scheme"}, "type": "category", "categoryorder": "array",
                           "categoryarray": order},
-                   yaxis={"title": {"text": "accuracy (fraction of the images)"}, "range": [0, 1.12]},
+                   yaxis={"title": {"text": "accuracy (fraction of the images)"}, "range": [0, 1.08]},
                    legend={"orientation": "h", "y": -0.2})
 
 
@@ -246,7 +262,8 @@ def shift_attention_figure(
     for (name, g), (xr, yr) in zip(grids.items(), refs[1:]):
         traces.append(go.Heatmap(
             z=g, x=centers_x, y=centers_y, coloraxis="coloraxis", xaxis=xr, yaxis=yr,
-            hovertemplate=f"{name}<br>key patch at pixel (%{{y}}, %{{x}})<br>weight %{{z:.3f}}<extra></extra>"))
+            hovertemplate=f"{name}<br>key patch centred at pixel (%{{y}}, %{{x}})<br>"
+                          "weight %{z:.3f}<extra></extra>"))
     shapes = []
     for k, (xr, yr) in enumerate(refs):
         for label, (y0, x0) in (("A", marks[:2]), ("B", marks[2:4])):

@@ -1,4 +1,4 @@
-"""What the lab pages show, as data: the lab sweeps, their progress, the tables, and the attention of one image.
+"""What the lab pages show, as data: the lab sweeps, their progress, the tables, one image's attention.
 
 Streamlit-free (the app is one client; :mod:`app_support.labs_ui` draws what these functions return).
 A lab is a sweep whose spec has an ``evaluate:`` section (:mod:`relpos.experiments.labs`); its
@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,8 @@ __all__ = [
 ]
 
 #: The labs in words, in the order the page offers them.
-LAB_TITLES: Mapping[str, str] = {"transfer": "Size transfer", "shift": "Position shift", "ablation": "Ablation"}
+LAB_TITLES: Mapping[str, str] = MappingProxyType(
+    {"transfer": "Size transfer", "shift": "Position shift", "ablation": "Ablation"})
 #: ``eval`` of a transfer row: ``grid=8x8`` or ``grid=8x8/finetuned``.
 GRID_EVAL = re.compile(r"^grid=(\d+)x(\d+)(/finetuned)?$")
 
@@ -64,7 +66,7 @@ GRID_EVAL = re.compile(r"^grid=(\d+)x(\d+)(/finetuned)?$")
 
 
 def lab_evaluate(sweep_dir: str | Path) -> dict | None:
-    """The checked ``evaluate`` section of a sweep folder's ``sweep.yaml`` (None: not a lab, or unreadable)."""
+    """The checked ``evaluate`` section of a sweep folder's ``sweep.yaml`` (None: not a lab, unreadable)."""
     try:
         return check_evaluate(load_config(Path(sweep_dir) / SWEEP_FILE).get("evaluate"))
     except (OSError, ConfigError, ValueError):
@@ -136,33 +138,37 @@ def eval_grid(ev: str) -> tuple[int, int, bool] | None:
 
 def _eval_key(ev: str) -> tuple:
     g = eval_grid(ev)
-    return (0, g[0], g[1], g[2], "") if g else (1, 0, 0, False, ev)
+    return (0, g[0], g[1], g[2]) if g else (1, 0, 0, False)  # other evals keep their order
 
 
 def results_table(
-    summary: Sequence[Mapping[str, Any]], *, by: str = "scheme", train: tuple[int, int] | None = None
+    summary: Sequence[Mapping[str, Any]], *, by: str = "scheme", train: tuple[int, int] | None = None,
+    order: Sequence[str] = (),
 ) -> dict:
     """A lab summary as a table of ``mean ± std`` cells.
 
     Args:
         summary: :func:`relpos.experiments.labs.summarize_results` rows.
         by: what the rows are: ``"scheme"`` (columns: evaluations, as the shift and ablation tables)
-            or ``"eval"`` (columns: schemes, as the issue's transfer table; grids sorted by size).
+            or ``"eval"`` (columns: schemes, as the issue's transfer table). Grids are sorted by size,
+            other evaluations keep the summary's order.
         train: the training grid; with ``by="eval"`` each grid row also says its ratio to it.
+        order: schemes to put first, in this order (the others follow as first seen).
 
     Returns:
         ``{"rows": [{<first column>: label, <column>: cell, ...}], "columns": [...], "seeds": sorted
         seed counts, "images": sorted images per evaluation, "caption": how to read a cell}``. A cell
         whose seed count differs from the most common one says its own (``"(2 seeds)"``); a missing
-        combination is ``"–"``.
+        combination is ``"–"``. (The most common count; on a tie, the larger.)
     """
     if by not in ("scheme", "eval"):
         raise ValueError(f"by = {by!r} is not allowed: 'scheme' or 'eval'")
     evals = sorted(dict.fromkeys(s["eval"] for s in summary), key=_eval_key)
-    schemes = list(dict.fromkeys(s["scheme"] for s in summary))
+    seen = list(dict.fromkeys(s["scheme"] for s in summary))
+    schemes = [s for s in order if s in seen] + [s for s in seen if s not in order]
     cells = {(s["scheme"], s["eval"]): s for s in summary}
     counts = [s["n"] for s in summary]
-    usual = max(set(counts), key=counts.count) if counts else 0
+    usual = max(set(counts), key=lambda c: (counts.count(c), c)) if counts else 0  # ties: the larger
 
     def cell(s: Mapping[str, Any] | None) -> str:
         if s is None:
@@ -220,23 +226,27 @@ def transfer_methods(sweep_dir: str | Path) -> dict:
             with torch.random.fork_rng(devices=[]):
                 models[cfg["model"]["scheme"]] = build_model(cfg).eval()
     applies = {s: methods_for(model) for s, model in models.items()}
-    methods = list(wanted) if wanted else [x for x in TRANSFER_METHODS if any(x in a for a in applies.values())]
+    methods = list(wanted) if wanted else [m for m in TRANSFER_METHODS if any(m in a for a in applies.values())]
     rows = []
     for scheme, model in models.items():
         row: dict[str, str] = {"scheme": scheme}
         for method in methods:
             reason = not_applicable_reason(model, method)
-            row[method] = scheme_label(model, scheme, method) if reason is None else "n/a: " + reason.removeprefix(
-                "not applicable: ")
+            if reason is None:
+                row[method] = scheme_label(model, scheme, method)
+            else:
+                row[method] = "n/a: " + reason.removeprefix("not applicable: ")
         rows.append(row)
     return {"methods": methods, "rows": rows}
 
 
 def paper_transfer_rows() -> list[dict]:
-    """Swin V2's Table 1 as rows: one per window (ratio to its training window 8), one column per paper row,
-    ``"79.4 / 82.7"`` = top-1 % without / after fine-tuning."""
+    """Swin V2's Table 1 as rows: one per window (ratio to its training window 8), one column per paper row
+    named as our results name that scheme (``"2d/bicubic"``; the paper's names are in
+    :data:`~relpos.experiments.lab_report.PAPER_RESULTS`), ``"79.4 / 82.7"`` = top-1 % without / after
+    fine-tuning."""
     p = PAPER_RESULTS["transfer"]
-    names = {k: f"{k} ({label})" for k, (label, _, _) in p["rows"].items()}
+    names = {k: k for k in p["rows"]}
     out = [{"window": f"{p['train_window']} (trained)", "ratio": "1×",
             **{names[k]: f"{trained}" for k, (_, trained, _) in p["rows"].items()}}]
     for w in p["windows"]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from relpos._fileio import sanitize_name
 from relpos._limits import load_yaml
-from relpos.experiments import rundir, runqueue
+from relpos.experiments import rundir, runfolder, runqueue
 from relpos.experiments.config import ConfigError, apply_overrides, format_override, resolve_config
 from relpos.experiments.config_utils import configs_dir, list_presets, load_config, save_config
 from relpos.experiments.run_table import read_run_config, split_scheme
@@ -314,11 +314,17 @@ def lesson_state(runs_root: str | Path) -> dict | None:
         sweep = load_config(folder / SWEEP_FILE)
     except (OSError, ConfigError):
         return None
-    states = [(rundir.read_status(m["run"]) or {}).get("state", "missing") if m.get("run") else "missing"
-              for m in sweep.get("members") or []]
+    states = [_member_state(m.get("run")) for m in sweep.get("members") or []]
     return {"dir": str(folder), "total": len(states), "done": states.count("done"),
             "failed": sum(s in ("failed", "cancelled", "missing") for s in states),
             "active": sum(s in runqueue.ACTIVE_STATES for s in states)}
+
+
+def _member_state(run: Any) -> str:
+    """A member run's state, validated (:func:`relpos.experiments.runfolder.read_run`): ``broken`` for a
+    folder that fails its checks, ``missing`` for none."""
+    record = runfolder.read_run(run, metrics=False) if isinstance(run, str) and run else None
+    return "missing" if record is None else record.shown_state
 
 
 # ----------------------------------------------------------------------------- reading a sweep

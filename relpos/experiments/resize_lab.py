@@ -98,8 +98,8 @@ def resize_lab(
 
     Returns:
         ``{"old_grid", "new_grid", "scheme", "methods" (those that apply), "accuracy": [{"model",
-        "img_size", "accuracy"}...], "tables": {"original" | method: (T, H) numpy of the first bias}
-        (empty without a bias), "window": {...: (h, w) | None}, "offsets": [{"model", "offset",
+        "img_size", "accuracy", "n" (images evaluated)}...], "tables": {"original" | method: (T, H)
+        numpy of the first bias} (empty without a bias), "window": {...: (h, w) | None}, "offsets": [{"model", "offset",
         "head", "bias"}...], "notes": {method: [str]}, "bias_type" (None without a bias)}``.
     """
     new_img_size = check_int("new_img_size", new_img_size)
@@ -119,8 +119,8 @@ def resize_lab(
     val_old = build_dataset(cfg, "val")
     val_new, _ = evaluation_split(cfg, "val", img_size=new_img_size)
 
-    acc = accuracy_on(model, val_old, max_samples)[0]
-    accuracy = [{"model": "original", "img_size": old_img, "accuracy": acc}]
+    acc, n = accuracy_on(model, val_old, max_samples)
+    accuracy = [{"model": "original", "img_size": old_img, "accuracy": acc, "n": n}]
     tables = {"original": _first_table(model)} if rpbs else {}
     window = {"original": rpbs[0][1].window_size} if rpbs else {}
     offsets = _offset_rows("original", rpbs[0][1]) if rpbs else []
@@ -132,14 +132,14 @@ def resize_lab(
             continue
         moved = copy.deepcopy(model)
         notes[method] = transfer_model(moved, new_grid, method)
-        acc = accuracy_on(moved, val_new, max_samples)[0]
-        accuracy.append({"model": method, "img_size": new_img_size, "accuracy": acc})
+        acc, n = accuracy_on(moved, val_new, max_samples)
+        accuracy.append({"model": method, "img_size": new_img_size, "accuracy": acc, "n": n})
         if not rpbs:
             continue
         if len(accuracy) == 2:  # the first moved model, once more without its bias
             with relative_position_bias_disabled(moved):
-                acc_off = accuracy_on(moved, val_new, max_samples)[0]
-            accuracy.append({"model": f"{method}, bias off", "img_size": new_img_size, "accuracy": acc_off})
+                acc_off, n = accuracy_on(moved, val_new, max_samples)
+            accuracy.append({"model": f"{method}, bias off", "img_size": new_img_size, "accuracy": acc_off, "n": n})
         first = moved.relative_position_biases()[0][1]
         tables[method] = _first_table(moved)
         window[method] = first.window_size

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from relpos._fileio import display_name, display_text
 from relpos._validation import check_choice
-from relpos.experiments import rundir
+from relpos.experiments import rundir, runfolder
 from relpos.experiments.config import ConfigError, apply_overrides, format_override, resolve_config, train_overrides
 from relpos.experiments.config_utils import list_presets, load_config, preset_path
-from relpos.experiments.runproc import read_json_safe
 from relpos.families import FAMILIES, POSITION_EMBEDDINGS, SCHEME_KEYS, SCHEMES, family_options
 
 __all__ = [
@@ -86,7 +86,7 @@ def read_run_config(run_dir: str | Path) -> dict | None:
     """The resolved config of a run: its ``config.yaml`` (written when it starts), else the config file
     and overrides its status names (a queued run); None when neither can be read or resolved."""
     run_dir = Path(run_dir)
-    status = read_json_safe(run_dir, rundir.STATUS_FILE) or {}
+    status = _status(run_dir)
     config = run_dir / rundir.CONFIG_FILE
     try:
         if config.is_file() and not config.is_symlink():
@@ -98,11 +98,17 @@ def read_run_config(run_dir: str | Path) -> dict | None:
     return None
 
 
+def _status(run_dir: Path) -> Mapping[str, Any]:
+    """The validated fields of a run's ``status.json`` (:func:`relpos.experiments.runfolder.read_run`)."""
+    record = runfolder.read_run(run_dir, metrics=False)
+    return record.status if record is not None else {}
+
+
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):  # an empty section adds no key (model.rpb: {} is "no options")
             out.update(_flatten(value, dotted + "."))
         else:
             out[dotted] = value
@@ -155,7 +161,7 @@ def run_columns(run_dir: str | Path) -> dict[str, Any]:
         ``scheme``/``seed``/``epochs``/``num_val`` are None and ``preset`` "?" when nothing can be read.
     """
     run_dir = Path(run_dir)
-    status = read_json_safe(run_dir, rundir.STATUS_FILE) or {}
+    status = _status(run_dir)
     cfg = read_run_config(run_dir)
     preset, base = _base_config(status, cfg)
     start, end = _number(status.get("started_at")), _number(status.get("finished_at"))
@@ -163,12 +169,12 @@ def run_columns(run_dir: str | Path) -> dict[str, Any]:
     return {
         "scheme": cfg["model"]["scheme"] if cfg else None,
         "seed": cfg["seed"] if cfg else None,
-        "preset": preset,
+        "preset": display_name(preset),  # a file name from the run folder: display-safe
         "changed": changed_keys(cfg, base) if cfg and base else [],
         "epochs": cfg["train"]["epochs"] if cfg else None,
         "num_val": cfg["data"]["num_val"] if cfg else None,
         "wall_s": round(end - start, 2) if start is not None and end is not None and end >= start else None,
-        "sweep": sweep.get("name") if isinstance(sweep, Mapping) else None,
+        "sweep": display_text(sweep["name"], 200) if sweep and isinstance(sweep.get("name"), str) else None,
     }
 
 

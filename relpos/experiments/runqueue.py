@@ -16,7 +16,8 @@ two processes advancing at once never start one run twice, and a cancel racing a
 
 The limit is ``$RELPOS_MAX_CONCURRENT_RUNS`` (default 2), the same for the app and the CLI. Each
 started run gets ``OMP_NUM_THREADS`` = ``MKL_NUM_THREADS`` = ``RELPOS_THREADS`` = cores // limit
-(at least 1); the trainer sets ``torch.set_num_threads`` from it. Measured on 2 cores with the
+(at least 1); the trainer sets ``torch.set_num_threads`` from it, and the app server caps its own
+torch threads at cores // (active runs + 1) (:func:`server_threads`). Measured on 2 cores with the
 default preset: two runs at once with 2 threads each took 55.5 s, with 1 thread each 16.3 s.
 
 A run directory as the queue sees it (the process files are :mod:`relpos.experiments.runproc`'s)::
@@ -66,6 +67,7 @@ __all__ = [
     "MAX_RUNS_ENV",
     "RUNS_ROOT_ENV",
     "THREADS_ENV",
+    "active_runs",
     "advance",
     "advance_after_run",
     "begin_run",
@@ -75,6 +77,7 @@ __all__ = [
     "max_concurrent_runs",
     "queue_positions",
     "reconcile",
+    "server_threads",
     "submit",
     "threads_from_env",
     "threads_per_run",
@@ -139,6 +142,27 @@ def threads_from_env() -> int | None:
     """``$RELPOS_THREADS`` as an int >= 1 (set by the launcher), or None when unset or malformed."""
     text = os.environ.get(THREADS_ENV, "").strip()
     return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
+def active_runs(root: str | Path) -> int:
+    """Runs of ``root`` training now (launched by the queue or started from the CLI, process alive);
+    runs still waiting in the queue do not count."""
+    return _count_active(runfolder.read_runs(root, metrics=False))
+
+
+def _count_active(records: list[runfolder.RunRecord]) -> int:
+    """How many of ``records`` have a live trainer (read through the validated record, never raw JSON).
+
+    A live trainer counts even in a broken folder (state unreadable) until its run is known to have ended.
+    """
+    return sum(1 for r in records if not r.waiting and r.state not in rundir.TERMINAL_STATES and r.pid is not None
+               and is_alive(r.pid, r.path))
+
+
+def server_threads(root: str | Path) -> int:
+    """Torch threads for a process that computes beside the runs of ``root`` (the app server):
+    cores // (active runs + 1), at least 1, so its forwards take no more than a run's share."""
+    return max(1, _cores() // (active_runs(root) + 1))
 
 
 def _thread_env(limit: int) -> dict[str, str]:
@@ -220,13 +244,7 @@ def _launch(run_dir: Path, status: Mapping[str, Any], limit: int) -> bool:
 
 def _advance_locked(root: Path, limit: int) -> list[Path]:
     records = runfolder.read_runs(root, metrics=False)
-    active = 0
-    for record in records:
-        # A live trainer takes a slot, even in a broken folder (state unknown), until it is known to have ended.
-        if record.waiting or record.state in rundir.TERMINAL_STATES or record.pid is None:
-            continue
-        if is_alive(record.pid, record.path):
-            active += 1
+    active = _count_active(records)
     by_name = {r.path.name: r for r in records}
     started = []
     for name in runfolder.queue_order(records):  # first in, first out

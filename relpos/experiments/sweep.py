@@ -48,11 +48,10 @@ from typing import Any
 from tqdm import tqdm
 
 from relpos._fileio import sanitize_name
-from relpos.experiments import rundir, runqueue
+from relpos.experiments import runfolder, runqueue
 from relpos.experiments.config import ConfigError, apply_overrides, format_override, resolve_training_config
 from relpos.experiments.config_utils import load_config, preset_path, save_config
 from relpos.experiments.labs import check_evaluate, evaluate_sweep
-from relpos.experiments.runproc import read_json_safe
 from relpos.experiments.sweep_results import SWEEP_FILE, list_sweeps, load_sweep, summarize
 
 __all__ = [
@@ -285,7 +284,7 @@ def run_sweep(
     previous = {m.get("key"): m.get("run") for m in earlier.get("members") or [] if isinstance(m, dict)}
     for m in members:
         run = previous.get(m["key"])
-        state = (read_json_safe(Path(run), rundir.STATUS_FILE) or {}).get("state") if run else None
+        state = _run_state(run)
         if state == "done" or state in runqueue.ACTIVE_STATES:
             m["run"] = run
             continue
@@ -306,14 +305,19 @@ def run_sweep(
     return summary
 
 
+def _run_state(run: Any) -> str | None:
+    """A member run's state, validated (:func:`relpos.experiments.runfolder.read_run`); None when unknown."""
+    record = runfolder.read_run(run, metrics=False) if isinstance(run, str) and run else None
+    return None if record is None else record.state
+
+
 def _wait(sweep_dir: Path, root: Path, members: list[dict], progress: bool, poll_s: float) -> dict:
     bar = tqdm(total=len(members), unit="run", desc=sweep_dir.name, disable=not progress, dynamic_ncols=True)
     finished = 0
     try:
         while True:
             runqueue.reconcile(root)  # fails runs whose trainer died; starts what waits
-            states = [(read_json_safe(Path(m["run"]), rundir.STATUS_FILE) or {}).get("state")
-                      for m in members]
+            states = [_run_state(m["run"]) for m in members]
             now = sum(s not in runqueue.ACTIVE_STATES for s in states)
             if now != finished:
                 bar.update(now - finished)

@@ -36,7 +36,7 @@ def _pct(value: float | None) -> float:
 
 
 def leaderboard_figure(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str] | None = None, *,
-                       title: str = "Best validation accuracy per cell: mean ± std over seeds") -> go.Figure:
+                       title: str = "Best validation accuracy: mean ± std over seeds") -> go.Figure:
     """Bars of each cell's mean accuracy (in %), error bars of one sample std, a dot per seed.
 
     Args:
@@ -46,8 +46,8 @@ def leaderboard_figure(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, s
         title: figure title.
 
     Returns:
-        A figure with one bar trace and one marker trace; a cell without a finished member has no
-        bar and its label says why (pending, failed).
+        A figure with one bar trace and one marker trace; each cell's tick label carries its mean ±
+        std and n; a cell without a finished member has no bar and its label says why (pending, failed).
     """
     title = core.check_title(title)
     labels = [str(r["label"]) for r in rows]
@@ -65,7 +65,7 @@ def leaderboard_figure(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, s
         x=labels, y=np.nan_to_num(means, nan=0.0), name="mean over seeds",
         marker={"color": [colors.get(label, _PALETTE[0]) for label in labels]},
         error_y={"type": "data", "array": stds, "visible": True, "color": "#333", "thickness": 1.5, "width": 6},
-        text=text, textposition="outside", cliponaxis=False,
+        text=text, textposition="none",  # the numbers go under the bars (tick labels): never under an error bar
         hovertemplate="%{x}<br>%{text}<extra></extra>",
     )
     dots_x = [str(r["label"]) for r in rows for _ in r["accs"]]
@@ -79,7 +79,8 @@ def leaderboard_figure(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, s
     fig.update_layout(
         title={"text": title, "x": 0.02}, height=420, margin={"l": 60, "r": 20, "t": 60, "b": 80},
         yaxis={"title": {"text": "best validation accuracy (%)"}, "range": [0, 108]},
-        xaxis={"title": {"text": "cell"}, "type": "category"}, showlegend=False, bargap=0.35,
+        xaxis={"type": "category", "tickvals": labels, "ticktext": [f"<b>{a}</b><br>{b}" for a, b in zip(labels, text)]},
+        showlegend=False, bargap=0.35,
         plot_bgcolor="white", yaxis_gridcolor="#e5e5e5",
     )
     return fig
@@ -96,7 +97,7 @@ def _band(members: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray,
 
 
 def sweep_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], colors: Mapping[str, str] | None = None,
-                        *, title: str = "Validation accuracy of every member (band: min to max over seeds)"
+                        *, title: str = "Every member's validation accuracy (band: min to max)"
                         ) -> go.Figure:
     """Every member's validation curve, one colour per cell, with the cell's mean and a min-max band.
 

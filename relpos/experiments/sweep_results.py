@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from relpos._fileio import atomic_write_bytes
-from relpos.experiments import rundir, runqueue
+from relpos._fileio import atomic_write_bytes, display_name
+from relpos.experiments import rundir, runfolder, runqueue
 from relpos.experiments.config import ConfigError, build_model, resolve_config
 from relpos.experiments.config_utils import load_config
-from relpos.experiments.runproc import read_json_safe, run_dirs
+from relpos.experiments.runproc import run_dirs
 
 __all__ = [
     "MEASURES",
@@ -51,7 +51,7 @@ MEASURES = ("best_val_acc", "steps_to_95", "wall_s", "params")
 SUMMARY_COLUMNS = ("n", "n_failed", "n_pending", "acc_mean", "acc_std", "steps_to_95_mean", "n_reached_95",
                    "wall_s_mean", "params_mean")
 TARGET_ACCURACY = 0.95
-FAILED_STATES = frozenset({"failed", "cancelled", "missing"})
+FAILED_STATES = frozenset({"failed", "cancelled", "missing", runfolder.BROKEN})
 
 
 def _number(value: Any) -> float | None:
@@ -80,20 +80,22 @@ def _params(run_dir: Path, status: dict, cache: dict) -> int | None:
 def member_row(member: dict, grid_keys: Sequence[str], cache: dict | None = None) -> dict:
     """One row of ``runs.csv`` for a member (``run`` is its folder name; ``state`` "missing" if gone)."""
     run_dir = Path(member.get("run") or "")
-    status = read_json_safe(run_dir, rundir.STATUS_FILE) if member.get("run") else None
-    row: dict[str, Any] = {"run": run_dir.name if member.get("run") else "", "seed": member["seed"]}
+    # Validated (a member's folder is untrusted data): a broken one is state "broken", with the reason.
+    record = runfolder.read_run(run_dir, metrics=False) if isinstance(member.get("run"), str) and member["run"] else None
+    row: dict[str, Any] = {"run": display_name(run_dir.name) if member.get("run") else "", "seed": member["seed"]}
     row.update({k: member["cell"].get(k) for k in grid_keys})
-    if status is None:
+    if record is None:
         return {**row, "state": "missing", **dict.fromkeys(MEASURES), "error": None}
+    status = record.status
     epochs = [r for r in rundir.read_metrics(run_dir) if r.get("kind") == "epoch"]
     accs = [a for a in (_number(r.get("eval_accuracy")) for r in epochs) if a is not None]
     best = _number(status.get("best_accuracy"))
     reached = next((r.get("step") for r in epochs
                     if (_number(r.get("eval_accuracy")) or 0.0) >= TARGET_ACCURACY), None)
     start, end = _number(status.get("started_at")), _number(status.get("finished_at"))
-    error = status.get("error")
+    error = record.reason if record.broken else status.get("error")
     return {
-        **row, "state": status.get("state", "queued"),
+        **row, "state": record.shown_state,
         "best_val_acc": best if best is not None else (max(accs) if accs else None),
         "steps_to_95": reached,
         "wall_s": round(end - start, 2) if start is not None and end is not None else None,

@@ -271,7 +271,7 @@ class TensorBoardMirror:
         """Mirror the new complete lines of ``metrics.jsonl``; returns the number of events written."""
         path = self.run_dir / _METRICS_FILE
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks
         except OSError:  # no metrics yet (or a symlink: never followed)
             return 0
         written = 0

@@ -43,11 +43,12 @@ and only rank 0 writes files.
 
 The pieces: :mod:`relpos.experiments.engine` (one epoch of training or evaluation, the optimizer
 and LR schedule), :mod:`relpos.experiments.distributed` (device, ranks, loaders, stop signals),
-:class:`relpos.experiments.rundir.RunLogger` (status and metrics lines), :mod:`relpos.experiments.
-compile` (``train.compile``: the module the steps drive) and :mod:`relpos.experiments.tensorboard`
-(``train.tensorboard``: ``metrics.jsonl`` mirrored into event files under ``<run>/tensorboard/``). This file keeps ``fit``'s
-orchestration and the CLI together, the seed's entry point, at about 540 lines (over the house 400:
-the resume rules, which check what last.pt and best.pt record, sit beside the loop that writes them).
+:class:`relpos.experiments.rundir.RunLogger` (status and metrics lines),
+:mod:`relpos.experiments.compile` (``train.compile``: the module the steps drive) and
+:mod:`relpos.experiments.tensorboard` (``train.tensorboard``: ``metrics.jsonl`` mirrored into event
+files under ``<run>/tensorboard/``). This file keeps ``fit``'s orchestration and the CLI together,
+the seed's entry point, at about 540 lines (over the house 400: the resume rules, which check what
+last.pt and best.pt record, sit beside the loop that writes them).
 """
 
 from __future__ import annotations
@@ -209,8 +210,9 @@ def _fit(
     if resume_path is not None:
         ckpt = read_checkpoint(resume_path)
     if resume and dd.is_main and resume_path != last_path:
-        logger.warning("--resume: %s does not exist; %s", last_path, "starting from scratch" if resume_path is None
-                       else f"continuing from {resume_path.name} (epoch {ckpt['epoch']}), the last epoch kept")
+        logger.warning("--resume: %s does not exist; %s", last_path, "starting from scratch"
+                       if resume_path is None else f"continuing from {resume_path.name} (epoch "
+                       f"{ckpt['epoch']}), the last epoch kept")
     recorded_best = _recorded_best(run_dir)  # a better best.pt is never replaced by a worse epoch
     begun = True
     if dd.is_main:
@@ -232,7 +234,8 @@ def _fit(
         else:
             logger.warning("run %s was cancelled before it started: not training", run_dir)
     if dd.broadcast_str("run" if begun else "stop") != "run":
-        return {**(read_status(run_dir) or {}), "run_dir": str(run_dir), "last_epoch": {}, "signal": stop.signum}
+        status = read_status(run_dir) or {}
+        return {**status, "run_dir": str(run_dir), "last_epoch": {}, "signal": stop.signum}
 
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
@@ -319,7 +322,7 @@ def _fit(
         tl, tc, tn = dd.sum([result["loss_sum"], result["correct"], result["samples"]], device)
         # A signal stops the evaluation between batches (this rank's flag: evaluation has no collectives).
         ev = evaluate(model, val_loader, criterion, device, amp=amp, should_stop=stop)
-        if dd.any(ev["stopped"], device):  # cancelled mid-evaluation: keep the trained epoch, evaluate on resume
+        if dd.any(ev["stopped"], device):  # cancelled mid-evaluation: keep the epoch, evaluate it on resume
             if dd.is_main:
                 partial = {k: result[k] for k in ("loss_sum", "correct", "samples")}
                 save(epoch, {"best_accuracy": best}, last_path, step=step,
@@ -374,7 +377,11 @@ def _fit(
 
 
 def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return _is_number(value) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _resume_point(ckpt: dict, path: Path, steps_per_epoch: int) -> tuple[int, int, float, dict | None]:
@@ -393,8 +400,7 @@ def _resume_point(ckpt: dict, path: Path, steps_per_epoch: int) -> tuple[int, in
     pending = extra.get("eval_pending") is True and step > 0
     totals = extra.get("partial_epoch")
     if totals is not None and not (isinstance(totals, dict) and all(
-            isinstance(totals.get(k), (int, float)) and not isinstance(totals.get(k), bool) and math.isfinite(totals[k])
-            and totals[k] >= 0 for k in ("loss_sum", "correct", "samples"))):
+            _is_number(totals.get(k)) and totals[k] >= 0 for k in ("loss_sum", "correct", "samples"))):
         raise CheckpointError(f"{path}: partial_epoch = {short_repr(totals, 120)} is not the running totals "
                               "of an epoch (loss_sum, correct, samples >= 0)")
     best = extra.get("best_accuracy", metrics.get("best_accuracy"))
@@ -411,7 +417,7 @@ def _is_fraction(value: Any) -> bool:
 
 
 def _resume_source(run_dir: Path) -> Path | None:
-    """``--resume``'s checkpoint: ``last.pt``, else ``best.pt`` (the last epoch kept), else None (from scratch)."""
+    """``--resume``'s checkpoint: ``last.pt``, else ``best.pt`` (the last epoch kept), else None."""
     for name in (LAST_CKPT, BEST_CKPT):
         if (run_dir / name).is_file():
             return run_dir / name
@@ -433,8 +439,9 @@ def _recorded_best(run_dir: Path) -> float:
     metrics = ckpt["metrics"] if isinstance(ckpt["metrics"], dict) else {}
     value = extra.get("best_accuracy", metrics.get("eval_accuracy"))
     if not _is_fraction(value):
-        raise CheckpointError(f"{path} records no eval accuracy in [0, 1] (best_accuracy = {short_repr(value, 60)}), "
-                              "so no epoch could be known to beat it: move it away to train in this run directory")
+        raise CheckpointError(
+            f"{path} records no eval accuracy in [0, 1] (best_accuracy = {short_repr(value, 60)}), so no "
+            "epoch could be known to beat it: move it away to train in this run directory")
     return float(value)
 
 
@@ -488,7 +495,8 @@ def _enqueue(args: argparse.Namespace, runs_root: Path) -> int:
               "directory; --resume, --run-dir and --print-config train in the foreground)", file=sys.stderr)
         return 2
     try:
-        cfg = resolve_training_config(apply_overrides(load_config(args.config), args.overrides))  # never queue a bad config
+        # never queue a config that cannot train (a bad key, or over the memory budget)
+        cfg = resolve_training_config(apply_overrides(load_config(args.config), args.overrides))
         run_dir = runqueue.submit(args.config, args.overrides, runs_root, base=cfg["name"])
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"relpos-train: config error: {exc}", file=sys.stderr)

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
-from relpos.attention import MultiHeadAttention, resolve_rope_kwargs
+from relpos.attention import MultiHeadAttention, absolute_position_enabled
 from relpos.data.dataset import PatchEmbedding
 from relpos.families import POSITION_EMBEDDINGS, position_parts, resolve_bias_kwargs
 from relpos.guards import check_model_budget
 from relpos.relative_position import RelativePositionBias
-from relpos.rotary import RotaryPositionEmbedding
+from relpos.rotary import RotaryPositionEmbedding, resolve_rope_kwargs
 
 __all__ = ["POSITION_EMBEDDINGS", "Mlp", "TransformerBlock", "VisionTransformer"]
 
@@ -133,7 +133,7 @@ class VisionTransformer(nn.Module):
             for axial and "xy" for mixed, timm's defaults), only with a rotary ``position_embedding``.
             The model fills ``head_dim``, ``num_heads``, ``grid_size`` (the patch grid), ``mode`` and
             ``num_prefix_tokens`` (1 with a class token); given values must agree
-            (:func:`relpos.attention.resolve_rope_kwargs`).
+            (:func:`relpos.rotary.resolve_rope_kwargs`).
 
     ``forward``: images ``(B, C, H, W)`` -> logits ``(B, K)``.
     """
@@ -183,9 +183,10 @@ class VisionTransformer(nn.Module):
         if share_bias and not use_relative_position:
             raise ValueError("share_bias=True needs use_relative_position=True (there is no bias to share)")
         if rotary is None and rope_kwargs is not None:
+            rotary_values = ", ".join(repr(p) for p in POSITION_EMBEDDINGS if position_parts(p)[0])
             raise ValueError(
                 f"rope_kwargs was given but position_embedding={position_embedding!r} has no rotary embedding: "
-                f"use one of {', '.join(repr(p) for p in POSITION_EMBEDDINGS if position_parts(p)[0])} or drop rope_kwargs"
+                f"use one of {rotary_values} or drop rope_kwargs"
             )
         if rotary is not None and embed_dim % num_heads == 0:  # else MultiHeadAttention names the problem
             rope_kwargs = resolve_rope_kwargs(
@@ -284,7 +285,7 @@ class VisionTransformer(nn.Module):
             notes.append(f"pos_embed resampled (bicubic): {old[0] * old[1]} -> {new[0] * new[1]} positions")
         for name, m in self.rotary_modules():
             m.set_grid_size(new, rescale=rope_rescale)
-            how = f"coordinates rescaled onto the training grid {m.ref_grid_size}" if m.rescaled else "integer coordinates"
+            how = f"coordinates rescaled onto the grid {m.ref_grid_size}" if m.rescaled else "integer coordinates"
             notes.append(f"{name}: rotary ({m.mode}) recomputed for grid {new}, {how}")
         self.patch_embed.img_size = (new[0] * p, new[1] * p)
         self.patch_embed.grid_size = new
@@ -317,7 +318,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalized tokens ``(B, N, C)``."""
         x = self.patch_embed(x)  # (B, N, C)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and absolute_position_enabled(self):  # off: absolute_position_disabled
             x = x + self.pos_embed
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+1, C)

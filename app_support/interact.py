@@ -1,0 +1,448 @@
+"""Direct manipulation, deep links and presenter mode: how a lecture drives the app.
+
+Selections are plain session keys shared by every page (widget state belongs to one page in
+``pages/`` mode): :data:`SEL_QUERY` is the chosen query patch as ``(y, x)`` in grid coordinates (it
+survives a change of window by clamping, and a page without a choice shows its centre),
+:data:`SEL_KEY` the chosen key of the Position indices page, ``state.SEL_HEAD`` the head. They are
+set by clicks on the charts (:func:`on_query`, :func:`on_pair`, :func:`on_head`: ``on_select``
+callbacks of ``st.plotly_chart`` over the click layer of :mod:`relpos.experiments.figure_select`)
+and by sliders kept in sync for keyboards (:func:`query_slider`, :func:`key_slider`: the slider's
+value is written from the shared key before it is drawn and copied back on change).
+
+Deep links: :func:`sync_query_params` (called by the frame first on every page) reads the URL's
+parameters into those keys when the URL is not the one this session last wrote (a link just
+opened), then writes the current state back, leaving out what is at its default. Shared
+parameters are in :data:`SHARED_PARAMS`, each page's own in :data:`PAGE_PARAMS`. A lesson path
+(:data:`LESSON`, :func:`lesson_nav`) links the teaching pages with "← Back" and "Next →",
+carrying the shared state.
+
+Presenter mode (:data:`PRESENT`, ``?present=1``): the sidebar starts collapsed, charts get fonts of
+18 px or more (:func:`relpos.experiments.figure_present.presenter_layout`, applied by ``ui.plotly``),
+prose is hidden (:func:`prose`), the page's padding shrinks (:func:`presenter_css`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
+
+from app_support import state
+from relpos import explore, presets
+from relpos.experiments.figure_select import picked_cell
+
+#: Plain session keys: the chosen query and key patch ``(y, x)`` (``None``: none chosen), presenter mode.
+SEL_QUERY = "sel_query"
+SEL_KEY = "sel_key"
+PRESENT = "present"
+#: Widget key of the presenter toggle, and the query parameters this session last wrote.
+W_PRESENT = "frame_present"
+_WRITTEN = "_query_params_written"
+#: The teaching pages, in the order of a lesson (paths as in :data:`app_support.frame.NAV`).
+LESSON: tuple[str, ...] = ("pages/1_position_indices.py", "pages/2_bias_explorer.py", "pages/3_attention_maps.py",
+                           "pages/4_train.py", "pages/9_labs.py")
+
+
+# ----------------------------------------------------------------------------- cells and tokens
+
+
+def clamp_cell(cell: Sequence[int], grid: tuple[int, int]) -> tuple[int, int]:
+    """``cell`` ``(y, x)`` moved inside an ``(h, w)`` grid (the nearest patch)."""
+    h, w = grid
+    return min(max(int(cell[0]), 0), h - 1), min(max(int(cell[1]), 0), w - 1)
+
+
+def selected(sel_key: str, grid: tuple[int, int], default: int) -> tuple[int, int]:
+    """The shared choice ``sel_key`` on this grid (clamped), or token ``default``'s cell without one."""
+    cell = st.session_state.get(sel_key)
+    if cell is None:
+        return divmod(int(default), grid[1])
+    return clamp_cell(cell, grid)
+
+
+def select(sel_key: str, cell: Sequence[int] | None) -> None:
+    """Set (or, with ``None``, clear) a shared choice."""
+    st.session_state[sel_key] = None if cell is None else (int(cell[0]), int(cell[1]))
+
+
+def _slider_copy_back(sel_key: str, widget_key: str, width: int) -> None:
+    """``on_change`` of a synced slider: the token it shows becomes the shared ``(y, x)``."""
+    select(sel_key, divmod(int(st.session_state[widget_key]), width))
+
+
+def _synced_slider(label: str, grid: tuple[int, int], sel_key: str, widget_key: str, default: int,
+                   **kwargs: Any) -> int:
+    """A token slider over ``0 .. h*w - 1`` that shows the shared choice ``sel_key`` and writes it back."""
+    h, w = grid
+    cell = selected(sel_key, grid, default)
+    token = cell[0] * w + cell[1]
+    if h * w <= 1:
+        return 0
+    if st.session_state.get(widget_key) != token:
+        st.session_state[widget_key] = token
+    st.slider(label, 0, h * w - 1, key=widget_key, on_change=_slider_copy_back, args=(sel_key, widget_key, w),
+              **kwargs)
+    return token
+
+
+def query_slider(label: str, grid: tuple[int, int], key: str, default: int | None = None, **kwargs: Any) -> int:
+    """The query token (row-major on ``grid``; default: the centre), in sync with :data:`SEL_QUERY`."""
+    default = (grid[0] // 2) * grid[1] + grid[1] // 2 if default is None else default
+    return _synced_slider(label, grid, SEL_QUERY, key, default, **kwargs)
+
+
+def key_slider(label: str, grid: tuple[int, int], key: str, default: int = 0, **kwargs: Any) -> int:
+    """The key token (default 0), in sync with :data:`SEL_KEY`."""
+    return _synced_slider(label, grid, SEL_KEY, key, default, **kwargs)
+
+
+def selection_line(grid: tuple[int, int], query: int, key: int | None = None, *, widget_key: str) -> None:
+    """What is selected, in words (``query (y, x) = (3, 3) · token 24``), and a button that clears it."""
+    w = grid[1]
+    text = f"query (y, x) = {divmod(query, w)} · token {query}"
+    if key is not None:
+        text += f" · key (y, x) = {divmod(key, w)} · token {key}"
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    left.markdown(f"**Selected** {text}" + ("" if presenting() else " · click a patch to choose another"))
+    right.button("Clear selection", key=widget_key, on_click=clear_selection,
+                 help="Forget the clicked query (and key): every page goes back to its default.")
+
+
+def clear_selection() -> None:
+    """Forget the chosen query and key (the pages fall back to their defaults)."""
+    select(SEL_QUERY, None)
+    select(SEL_KEY, None)
+
+
+# ----------------------------------------------------------------------------- clicks
+
+
+def _picked(chart_key: str) -> tuple[int, int, int] | None:
+    """``(panel, row, column)`` the chart ``chart_key`` reports as clicked (a bar: ``(curve, 0, x)``)."""
+    event = st.session_state.get(chart_key)
+    pick = picked_cell(event)
+    if pick is not None or not event:
+        return pick
+    for point in (event.get("selection") or {}).get("points") or []:  # bars over a 1D key axis
+        if isinstance(point.get("x"), (int, float)):
+            return int(point.get("curve_number", 0)), 0, int(point["x"])
+    return None
+
+
+def on_query(chart_key: str) -> Callable[[], None]:
+    """``on_select`` of a query map or an input image: the clicked patch ``(y, x)`` becomes the query."""
+    def pick() -> None:
+        cell = _picked(chart_key)
+        if cell is not None:
+            select(SEL_QUERY, cell[1:])
+    return pick
+
+
+def on_pair(chart_key: str, width: int) -> Callable[[], None]:
+    """``on_select`` of an index matrix (rows: query i, columns: key j, on a grid ``width`` wide)."""
+    def pick() -> None:
+        cell = _picked(chart_key)
+        if cell is not None:
+            select(SEL_QUERY, divmod(cell[1], width))
+            select(SEL_KEY, divmod(cell[2], width))
+    return pick
+
+
+def on_head(chart_key: str, widget_key: str | None = None) -> Callable[[], None]:
+    """``on_select`` of small multiples: the clicked panel's head becomes the shared head (the
+    sidebar follows); with ``widget_key``, that page's own head control shows it too."""
+    def pick() -> None:
+        cell = _picked(chart_key)
+        if cell is None:
+            return
+        head = cell[0]
+        if head < int(st.session_state.get(state.SEL_HEADS, head + 1) or head + 1):
+            st.session_state[state.SEL_HEAD] = head
+        if widget_key is not None:
+            st.session_state[widget_key] = head
+    return pick
+
+
+# ----------------------------------------------------------------------------- presenter mode
+
+
+def presenting() -> bool:
+    """Whether presenter mode is on (``?present=1`` or the sidebar toggle)."""
+    return bool(st.session_state.get(PRESENT, False))
+
+
+def _toggle_copy_back() -> None:
+    st.session_state[PRESENT] = bool(st.session_state[W_PRESENT])
+
+
+def presenter_toggle() -> None:
+    """The sidebar's presenter-mode switch (shows and sets :data:`PRESENT`)."""
+    st.session_state[W_PRESENT] = presenting()
+    st.toggle("Presenter mode", key=W_PRESENT, on_change=_toggle_copy_back,
+              help="For a lecture hall: sidebar closed, large chart text, explanations hidden, the main maps "
+              "first. A link with ?present=1 opens in it.")
+
+
+def prose(text: str) -> None:
+    """Explanatory markdown, hidden in presenter mode (the speaker says it)."""
+    if not presenting():
+        st.markdown(text)
+
+
+def control_slots(layout: Sequence[Sequence[str]], main: Sequence[str], *,
+                  more_label: str = "More settings") -> dict[str, Any]:
+    """Where each of a page's controls goes, by name.
+
+    Args:
+        layout: the usual columns, each a list of control names stacked in it.
+        main: the controls a lecture moves; in presenter mode they stand in one row, and every other
+            control goes behind a "More settings" button at its end (still drawn: values kept).
+
+    Returns:
+        ``{name: container}``; ``with slots["alpha"]: st.slider(...)`` draws a control in its place.
+    """
+    if not presenting():
+        cols = st.columns(len(layout))
+        return {name: col for col, names in zip(cols, layout) for name in names}
+    cols = st.columns([1] * len(main) + [1])
+    more = cols[-1].popover(more_label, icon=":material/tune:", width="stretch",
+                            help="The controls a lecture seldom moves.")
+    slots = {name: more for names in layout for name in names}
+    slots.update(zip(main, cols))
+    return slots
+
+
+def first_section() -> Any:
+    """An empty container, placed right under the page's controls: in presenter mode the main maps are
+    drawn into it (:func:`main_maps`), so they come first; otherwise it stays empty."""
+    return st.container()
+
+
+def main_maps(first: Any) -> Any:
+    """The container the page's main maps go into: ``first`` (from :func:`first_section`, right under
+    the controls) in presenter mode, a new container in reading order otherwise."""
+    return first if presenting() else st.container()
+
+
+def heading(text: str) -> None:
+    """A section heading, left out in presenter mode (the maps' own titles say what they show)."""
+    if not presenting():
+        st.subheader(text)
+
+
+def numbers_then_maps() -> tuple[Any, Any]:
+    """Two containers ``(numbers, maps)`` in that order on the page, or maps first in presenter mode
+    (the maps are what the back row reads; the numbers follow)."""
+    upper, lower = st.container(), st.container()
+    return (lower, upper) if presenting() else (upper, lower)
+
+
+def presenter_css() -> None:
+    """Presenter mode's page style: less padding above the title, a smaller title, nothing wider than
+    the window (long lines wrap). Drawn by the frame; nothing without presenter mode."""
+    if not presenting():
+        return
+    st.html(
+        "<style>"
+        "[data-testid='stMainBlockContainer']{padding-top:3.6rem;padding-bottom:2rem;max-width:100%;}"
+        "[data-testid='stMainBlockContainer'] h1{font-size:1.9rem;padding:0 0 .3rem 0;}"
+        "[data-testid='stMetricValue']{font-size:1.6rem;white-space:normal;}"
+        "[data-testid='stCaptionContainer']{font-size:1.05rem;}"
+        "[data-testid='stMetricLabel'] p,[data-testid='stMetricDelta']{white-space:normal;}"
+        "[data-testid='stMain'] *{overflow-wrap:anywhere;}"
+        "</style>"
+    )
+
+
+# ----------------------------------------------------------------------------- deep links
+
+
+@dataclass(frozen=True)
+class Param:
+    """One URL parameter: its ``name``, the session ``keys`` it fills (a window fills two), how to read
+    it (``kind``: int, float, str, bool, cell, window, source), the value left out of the URL
+    (``default``) and the values it may take (``choices`` or ``low``/``high``)."""
+
+    name: str
+    keys: tuple[str, ...]
+    kind: str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+SHARED_PARAMS: tuple[Param, ...] = (
+    Param("present", (PRESENT,), "bool", False),
+    Param("model", (state.SEL_SOURCE,), "source"),
+    Param("layer", (state.SEL_LAYER,), "int", 0, low=0, high=63),
+    Param("head", (state.SEL_HEAD,), "int", 0, low=0, high=explore.MAX_HEADS - 1),
+    Param("query", (SEL_QUERY,), "cell"),
+)
+_WINDOW = (1, explore.MAX_WINDOW_SIDE)
+#: Each page's own parameters (by page title); the keys are its widget keys.
+PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
+    "Position indices": (
+        Param("family", ("pi_kind",), "str", explore.INDEX_BIAS_TYPES[0], choices=explore.INDEX_BIAS_TYPES),
+        Param("window", ("pi_h", "pi_w"), "window", (3, 3), low=_WINDOW[0], high=_WINDOW[1]),
+        Param("length", ("pi_len",), "int", 8, low=1, high=explore.MAX_SEQ_LEN),
+        Param("key", (SEL_KEY,), "cell"),
+    ),
+    "Bias explorer": (
+        Param("family", ("be_kind",), "str", "2d", choices=explore.EXPLORE_BIAS_TYPES),
+        Param("window", ("be_h", "be_w"), "window", (7, 7), low=_WINDOW[0], high=_WINDOW[1]),
+        Param("length", ("be_len",), "int", 16, low=1, high=explore.MAX_SEQ_LEN),
+        Param("table", ("be_preset",), "str", "locality", choices=presets.BIAS_PRESETS),
+        Param("alpha", ("be_alpha",), "float", 2.0, low=0.0, high=5.0),
+        Param("heads", ("be_heads",), "int", 4, low=1, high=explore.MAX_HEADS),
+        Param("step", ("be_step",), "int", 3, low=1, high=3),
+    ),
+    "Attention maps": (
+        Param("table", ("am_table",), "str", state.AS_LOADED,
+              choices=(state.AS_LOADED, *[p for p in presets.BIAS_PRESETS if p != "init"])),
+        Param("alpha", ("am_alpha",), "float", 1.0, low=0.0, high=5.0),
+        Param("sample", ("am_sample",), "int", 0, low=0, high=9_999),
+    ),
+}
+
+
+def _source_param(source: str) -> str:
+    """A model source as a link reads it: the preset's name, or ``run/file.pt``."""
+    if source.startswith(state.PRESET_PREFIX):
+        return source[len(state.PRESET_PREFIX):]
+    return state.source_label(source)
+
+
+def _source_from_param(text: str) -> str | None:
+    """The source a link's ``model`` names: a preset, ``run/file.pt``, or a run (its best, else last
+    checkpoint); ``None`` when there is no such model here."""
+    options = state.source_options()
+    for source in options:
+        if _source_param(source) == text:
+            return source
+    for name in ("best.pt", "last.pt"):
+        for source in options:
+            if _source_param(source) == f"{text}/{name}":
+                return source
+    return None
+
+
+def _parse(p: Param, text: str) -> tuple | None:
+    """The session values a parameter's text gives (one per key), or ``None`` when it makes no sense."""
+    try:
+        if p.kind == "bool":
+            return (text.strip().lower() in ("1", "true", "yes", "on"),)
+        if p.kind == "source":
+            source = _source_from_param(text)
+            return None if source is None else (source,)
+        if p.kind in ("int", "float"):
+            value = float(text)
+            value = min(max(value, p.low), p.high) if p.low is not None else value
+            return (int(round(value)) if p.kind == "int" else round(value, 2),)
+        if p.kind == "str":
+            return (text,) if p.choices is None or text in p.choices else None
+        if p.kind == "cell":
+            y, x = (int(v) for v in text.replace(" ", "").split(",", 1))
+            return ((max(0, y), max(0, x)),)
+        if p.kind == "window":
+            h, w = (int(v) for v in text.lower().replace("×", "x").split("x", 1))
+            return tuple(min(max(v, int(p.low)), int(p.high)) for v in (h, w))
+    except ValueError:
+        return None
+    raise ValueError(f"unknown parameter kind {p.kind!r} of {p.name!r}")
+
+
+def _format(p: Param, values: tuple) -> str | None:
+    """A parameter's text for the URL, or ``None`` to leave it out (at its default, or unset)."""
+    if any(v is None for v in values):
+        return None
+    value = values[0] if len(values) == 1 else tuple(values)
+    if p.kind == "source":
+        options = state.source_options()
+        return None if not options or value == options[0] else _source_param(value)
+    if p.default is not None and value == p.default:
+        return None
+    if p.kind == "bool":
+        return "1" if value else None
+    if p.kind == "cell":
+        return f"{value[0]},{value[1]}"
+    if p.kind == "window":
+        return f"{value[0]}x{value[1]}"
+    if p.kind == "float":
+        return f"{float(value):g}"
+    return str(value)
+
+
+def page_params(title: str) -> tuple[Param, ...]:
+    """The parameters of page ``title``: the shared ones, then its own."""
+    return SHARED_PARAMS + PAGE_PARAMS.get(title, ())
+
+
+def load_params(title: str, params: dict[str, str]) -> list[str]:
+    """Put a link's parameters into the session; returns the names it could not use."""
+    bad = []
+    for p in page_params(title):
+        if p.name not in params:
+            continue
+        values = _parse(p, str(params[p.name]))
+        if values is None:
+            bad.append(p.name)
+            continue
+        for key, value in zip(p.keys, values):
+            st.session_state[key] = value
+    return bad
+
+
+def current_params(title: str) -> dict[str, str]:
+    """The page's state as URL parameters (those at their defaults left out)."""
+    out = {}
+    for p in page_params(title):
+        if not all(k in st.session_state for k in p.keys):
+            continue
+        text = _format(p, tuple(st.session_state[k] for k in p.keys))
+        if text is not None:
+            out[p.name] = text
+    return out
+
+
+def sync_query_params(title: str) -> None:
+    """Read a just-opened link into the session, then write the session's state into the URL.
+
+    A URL is "just opened" when it differs from the parameters this session last wrote (a new tab, a
+    pasted link, a "Next →" link); one written here is never read back over a newer choice.
+    """
+    url = st.query_params.to_dict()
+    written = st.session_state.get(_WRITTEN)
+    if url and url != written:
+        bad = load_params(title, url)
+        if bad:
+            st.toast(f"This link's {', '.join(bad)} could not be used here (no such model, or a value out of "
+                     "range); the page shows its own choice instead.", icon=":material/link_off:")
+    want = current_params(title)
+    if want != url:
+        st.query_params.from_dict(want)
+    st.session_state[_WRITTEN] = want
+
+
+# ----------------------------------------------------------------------------- lesson path
+
+
+def lesson_nav(path: str) -> None:
+    """"← Back" and "Next →" to the neighbours of ``path`` on :data:`LESSON`, carrying the shared state."""
+    if path not in LESSON:
+        return
+    k = LESSON.index(path)
+    carry = {p.name: v for p in SHARED_PARAMS
+             if (v := _format(p, tuple(st.session_state.get(key) for key in p.keys))) is not None}
+    st.divider()
+    left, mid, right = st.columns([1, 2, 1])
+    mid.caption(f"Lesson: step {k + 1} of {len(LESSON)}")
+    for col, target, label in ((left, k - 1, "← Back"), (right, k + 1, "Next →")):
+        if 0 <= target < len(LESSON):
+            try:
+                col.page_link(LESSON[target], label=label, query_params=carry)
+            except StreamlitPageNotFoundError:  # a page run on its own (AppTest.from_file): no registry
+                col.caption(label)

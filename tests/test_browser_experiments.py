@@ -1,0 +1,88 @@
+"""The Experiments and Train pages in a real browser (Streamlit server + headless Debian Chromium).
+
+A fresh server of its own (its own process group and runs root, both killed by the fixture's
+finalizer, runs included; :func:`test_browser.streamlit_server`): the tiny sweep
+(``configs/sweeps/tiny.yaml``, two one-epoch runs of the tiny preset, real trainers) is queued from
+the Experiments page, and its leaderboard fills in by itself (the page polls while members train),
+with no click after Queue. Then the Train page shows every position scheme and the finished runs.
+Screenshots go to tests/artifacts/ (git-ignored), 1440 pixels wide.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from test_browser import CHROMIUM_ARGS, assert_no_exception, shot, streamlit_server, wait_idle
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+VIEWPORT = {"width": 1440, "height": 900}
+
+
+@pytest.fixture
+def server(tmp_path_factory):
+    with streamlit_server(tmp_path_factory) as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(server):
+    from test_browser import CHROMIUM
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_context(viewport=VIEWPORT).new_page()
+            pg.set_default_timeout(90_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def wait_text(pg, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pg.get_by_text(text).count() == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not shown after {timeout_s} s; see {shot(pg, 'experiments_timeout')}")
+        pg.wait_for_timeout(500)
+
+
+def test_queue_a_small_sweep_and_watch_its_leaderboard_fill_in(server, page):
+    page.goto(f"{server['url']}/experiments")
+    wait_idle(page)
+    assert_no_exception(page, "experiments")
+    page.get_by_test_id("stSelectbox").filter(has_text="Sweep file").click()
+    page.get_by_role("option", name="configs/sweeps/tiny.yaml", exact=True).click()
+    wait_idle(page)
+    runs = page.get_by_test_id("stMetric").filter(has_text="Runs").get_by_test_id("stMetricValue")
+    assert runs.inner_text().strip() == "2"
+    page.get_by_role("button", name="Queue 2 runs").click()
+    wait_idle(page)
+    assert_no_exception(page, "queued")
+    # No more clicks: the results fragment polls until both members are done.
+    wait_text(page, "2 of 2 runs done", 300)
+    wait_idle(page)
+    assert_no_exception(page, "done")
+    bars = page.locator(".js-plotly-plot").first
+    bars.scroll_into_view_if_needed()
+    labels = bars.locator(".xtick text")  # each cell: its name, then mean ± std (n=seeds)
+    texts = labels.all_text_contents()  # SVG text: no inner text
+    assert len(texts) == 2 and all("(n=1)" in t for t in texts), texts
+    assert page.locator(".js-plotly-plot").count() >= 2  # the bars and the curves
+    sweep = next((server["runs_root"] / "sweeps").iterdir())
+    assert (sweep / "summary.md").read_text().count("| 1 |") == 2  # both cells finished one seed
+    shot(page, "8_experiments_tiny_sweep")
+    # The Train page: every scheme as two choices, and the sweep's runs in the table.
+    page.goto(f"{server['url']}/train")
+    wait_idle(page)
+    assert_no_exception(page, "train")
+    assert page.get_by_text("model.scheme=2d", exact=True).count() == 1  # the tiny preset's scheme, named
+    inputs = page.get_by_test_id("stNumberInput").count()  # 2d: no family option
+    page.get_by_test_id("stSelectbox").filter(has_text="Added to the attention logits").click()
+    page.get_by_role("option", name="T5 buckets", exact=True).click()
+    wait_idle(page)
+    assert page.get_by_test_id("stNumberInput").count() == inputs + 2  # t5's two options follow the choice
+    shot(page, "4_train_schemes")
