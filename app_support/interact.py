@@ -107,7 +107,8 @@ def selection_line(grid: tuple[int, int], query: int, key: int | None = None, *,
         text += f" · key (y, x) = {divmod(key, w)} · token {key}"
     left, right = st.columns([4, 1], vertical_alignment="center")
     left.markdown(f"**Selected** {text}" + ("" if presenting() else " · click a patch to choose another"))
-    right.button("Clear selection", key=widget_key, on_click=clear_selection,
+    right.button("Clear selection", key=widget_key, on_click=clear_selection, type="tertiary",
+                 icon=":material/close:",
                  help="Forget the clicked query (and key): every page goes back to its default.")
 
 
@@ -248,7 +249,7 @@ def presenter_css() -> None:
     st.html(
         "<style>"
         "[data-testid='stMainBlockContainer']{padding-top:3.6rem;padding-bottom:2rem;max-width:100%;}"
-        "[data-testid='stMainBlockContainer'] h1{font-size:1.9rem;padding:0 0 .3rem 0;}"
+        "[data-testid='stMainBlockContainer'] h1{font-size:1.6rem;padding:0 0 .2rem 0;}"
         "[data-testid='stMetricValue']{font-size:1.6rem;white-space:normal;}"
         "[data-testid='stCaptionContainer']{font-size:1.05rem;}"
         "[data-testid='stMetricLabel'] p,[data-testid='stMetricDelta']{white-space:normal;}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import pandas as pd
 import streamlit as st
@@ -23,7 +24,8 @@ from relpos.experiments.sweep import load_spec
 
 #: The schemes in the papers' order (best first), so our bars read in the same order as their tables.
 PAPER_ORDER = ("2d", "absolute+2d", "cpb", "absolute", "none")
-DATASET_NAMES = {"val/relational": "relational task (default preset)", "val/digits": "digits"}
+#: How an ablation's evaluations read in the legend, in the order the page shows them.
+DATASET_NAMES = MappingProxyType({"val/relational": "relational task (default preset)", "val/digits": "digits"})
 
 
 def dataset_rank(ev: str) -> int:
@@ -168,13 +170,14 @@ def shift_view(sweep_dir: str) -> None:
     if not res["summary"]:
         st.info("No results yet: the members train, then the lab measures each in both regions.")
         return
+    table = lab_views.results_table(res["summary"], by="scheme", order=PAPER_ORDER)
     ui.plotly(lab_figures.bars_figure(
         res["summary"], res["rows"], groups=["region=seen", "region=unseen"], schemes=PAPER_ORDER,
         group_names={"region=seen": "seen region (where it trained)", "region=unseen": "unseen region"},
-        title="Accuracy where the marks were during training, and where they never were (mean ± one std; "
-              "dots: seeds)"), key="lb_sh_bars")
+        title="Accuracy where the marks were during training, and where they never were<br>"
+              f"<sup>{table['caption']} Error bar: one std; dots: seeds.</sup>"), key="lb_sh_bars")
     _conclusion("shift", res["summary"])
-    _table(lab_views.results_table(res["summary"], by="scheme", order=PAPER_ORDER), key="lb_sh_table")
+    _table(table, key="lb_sh_table")
     _downloads(sweep_dir, "lb_sh_dl")
     why(sweep_dir)
 
@@ -228,15 +231,17 @@ def ablation_view(sweep_dirs: Sequence[str]) -> None:
     if not summary:
         st.info("No results yet: the members train; the ablation reads each one's best validation accuracy.")
         return
+    table = lab_views.results_table(summary, by="scheme", order=PAPER_ORDER)
     ui.plotly(lab_figures.bars_figure(summary, rows, schemes=PAPER_ORDER, group_names=DATASET_NAMES,
-                                      title="Best validation accuracy per scheme and dataset (mean ± one std; dots: "
-                                            "seeds)"), key="lb_ab_bars")
+                                      title="Best validation accuracy per scheme and dataset<br>"
+                                            f"<sup>{table['caption']} Error bar: one std; dots: seeds.</sup>"),
+              key="lb_ab_bars")
     _conclusion("ablation", summary)
     p = PAPER_RESULTS["ablation"]
     c1, c2 = st.columns([2, 3])
     with c1:
         st.subheader("Ours")
-        _table(lab_views.results_table(summary, by="scheme", order=PAPER_ORDER), key="lb_ab_table")
+        _table(table, key="lb_ab_table")
     with c2:
         st.subheader("The paper")
         st.dataframe(pd.DataFrame(lab_views.paper_ablation_rows()), hide_index=True, width="stretch", key="lb_ab_paper")

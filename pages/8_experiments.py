@@ -29,9 +29,11 @@ with ui.guard("prepare the sweep", "check the sweep file, the values you typed, 
     st.subheader("Queue a sweep")
     mode = st.radio("Start from", ["a sweep file", "build one here"], horizontal=True, key="ex_mode",
                     help="Run a prepared sweep from configs/sweeps/, or choose the schemes and keys here.")
-    source, seeds = None, None
+    source, seeds, files = None, None, leaderboard.spec_files()
+    if mode == "a sweep file" and not files:
+        st.info("No sweep file in configs/sweeps/: build one here instead.", icon=":material/info:")
+        mode = "build one here"
     if mode == "a sweep file":
-        files = leaderboard.spec_files()
         path = st.selectbox("Sweep file", files, format_func=lambda p: f"configs/sweeps/{p.name}", key="ex_file",
                             help="A prepared comparison: which preset, which schemes, which keys to vary.")
         raw = load_config(path)

@@ -114,7 +114,7 @@ def _directory_size(f: IO[bytes], size: int, name: str) -> tuple[int, int]:
     f.seek(size - tail_len)
     tail = f.read(tail_len)
     pos = tail_len - 22 if tail[-22:-18] == _EOCD else tail.rfind(_EOCD)
-    if pos < 0:
+    if pos < 0 or pos + 22 > len(tail):
         raise ValueError(f"{name} is a truncated or corrupt zip archive (no end of central directory)")
     entries, cd_bytes = struct.unpack("<HI", tail[pos + 10 : pos + 16])
     loc = pos - 20

@@ -237,6 +237,10 @@ def test_smoothed_curves_keep_the_raw_faint_and_a_uirevision():
     raw_loss = next(t for t in raws if t.yaxis == "y" and len(t.y) == 5)
     np.testing.assert_allclose(raw_loss.y, [1.0 / s for s in range(1, 6)])
     np.testing.assert_allclose(train_loss.y, fc.ema_smooth(raw_loss.y, 0.5))
+    three = _records() + [{"kind": "epoch", "step": 15, "epoch": 3, "eval_loss": 0.4, "eval_accuracy": 0.95}]
+    evals = [t for t in fc.smoothed_curves_figure({"run": three}, smoothing=0.9).data
+             if t.name == "run · eval" and t.yaxis == "y2"]
+    np.testing.assert_allclose(evals[0].y, [0.6, 0.7, 0.95])  # evaluation points stay as measured
     plain = fc.smoothed_curves_figure({"run": _records()})
     assert not [t for t in plain.data if t.opacity == 0.25] and plain.layout.uirevision == "curves"
 

@@ -71,8 +71,16 @@ def hostile_status() -> st.SearchStrategy[dict]:
     return st.dictionaries(field_names, hostile_json | st.sampled_from(["queued", "running", "done"]), max_size=10)
 
 
+#: A status that is sound but for at most two fields of any JSON type (which may happen to pass).
+nearly_sound_status = st.builds(
+    lambda sound, extra: {**sound, **extra},
+    st.fixed_dictionaries({"state": sound_values["state"]},
+                          optional={k: v for k, v in sound_values.items() if k != "state"}),
+    st.dictionaries(field_names, hostile_json, max_size=2),
+)
 #: status.json as bytes: a hostile object, NaN/Infinity literals, invalid UTF-8, not JSON, not an object.
 status_bytes = st.one_of(
+    nearly_sound_status.map(lambda d: json.dumps(d, allow_nan=True).encode()),
     hostile_status().map(lambda d: json.dumps(d, allow_nan=True).encode()),
     st.binary(max_size=200),
     st.sampled_from([b"", b"[]", b"null", b"\xff\xfe{}", b'{"state": "done"', b"[" * 50_000 + b"]" * 50_000,
@@ -98,7 +106,8 @@ def hostile_runs(draw) -> dict:
     return {
         "name": draw(folder_names),
         "status": draw(status_bytes),
-        "process": draw(st.none() | status_bytes),
+        "process": draw(st.none() | st.builds(lambda pid: json.dumps({"pid": pid, "command": ["python"]}).encode(),
+                                                 hostile_numbers) | status_bytes),
         "metrics": draw(st.none() | metrics_bytes),
         "links": draw(st.lists(st.sampled_from(LINKABLE), max_size=2, unique=True)),
     }

@@ -71,12 +71,14 @@ class CompileCosts:
     ratio: float
 
 
-#: Default model (configs/default.yaml: 16 tokens, embed 64, depth 2, batch 64), 1 torch thread,
-#: torch 2.13 CPU, measured 2026-11-29 with ``python -m benchmarks.compile_bench`` on the 2-core
-#: machine, which was shared with other work at the time (the issue's quiet-machine numbers: a
-#: step at 0.55-0.60 of eager after about 33 s). Cold cache: compile 47 s wall (its CPU time
-#: was ~25 s), ratio 0.50; a warm cache cut the compile to ~8 s. We keep the quiet machine's 33 s
-#: and the upper end of the ratios, 0.60 (compiling when in doubt costs more than not).
+#: Default model (configs/default.yaml: 16 tokens, embed 64, depth 2, batch 64), 1 torch thread (what
+#: each of 2 queued runs gets on 2 cores), torch 2.13 CPU. The issue measured on this 2-core machine
+#: when quiet: a compiled step at 0.55-0.60 of the eager one, after about 33 s of compiling. Rerun on
+#: 2026-11-29 with ``python -m benchmarks.compile_bench`` while the machine was shared (load average
+#: 10-25): cold-cache compile 136-319 s wall, warm cache 13-18 s; ratio 0.50 at load ~10, ~1.0 at
+#: load ~25 (both kinds of step then wait for a core): too noisy to replace the quiet numbers. So:
+#: the quiet 33 s, and the upper end of the quiet ratios, 0.60 (compiling in doubt costs more than
+#: not). Break-even at the quiet eager step (~18 ms): 33 / (0.018 * 0.4) ~ 4600 steps, 6 default runs.
 MEASURED = CompileCosts(compile_s=33.0, ratio=0.60)
 
 

@@ -386,15 +386,17 @@ def ema_smooth(values: Any, weight: float) -> np.ndarray:
 
 def smoothed_curves_figure(runs: Mapping[str, Sequence[dict]], *, smoothing: float = 0.0,
                            title: str = "Training curves", uirevision: str = "curves") -> go.Figure:
-    """:func:`relpos.experiments.visualize.training_curves_figure` with TensorBoard-style smoothing
-    (:func:`ema_smooth`; the raw curve stays, faint, under each smoothed one) and a ``uirevision``, so
-    a zoom survives the page's refresh while a run trains."""
+    """:func:`relpos.experiments.visualize.training_curves_figure` with TensorBoard-style smoothing of
+    the per-step train curves (:func:`ema_smooth`; the raw curve stays, faint, under each smoothed one;
+    the evaluation points are left as measured) and a ``uirevision``, so a zoom survives the page's
+    refresh while a run trains."""
     smoothing = check_float("smoothing", smoothing, minimum=0.0, maximum=1.0, max_inclusive=False)
     fig = viz.training_curves_figure(runs, title=title)
     if smoothing > 0:
         raws = []
         for t in fig.data:
-            if t.type == "scatter" and t.y is not None and len(t.y) >= 3:
+            # Only the per-step curves (lines): the evaluation points are few and each is a measurement.
+            if t.type == "scatter" and t.mode == "lines" and t.y is not None and len(t.y) >= 3:
                 raws.append(go.Scatter(x=t.x, y=t.y, mode="lines", xaxis=t.xaxis, yaxis=t.yaxis, showlegend=False,
                                        hoverinfo="skip", opacity=0.25, line={"color": t.line.color, "width": 1}))
                 t.update(y=ema_smooth(t.y, smoothing))

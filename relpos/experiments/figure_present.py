@@ -46,7 +46,7 @@ def wrap_title(text: str, max_chars: int) -> str:
 
 
 def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, width_px: int = 1100,
-                     max_height: int | None = 520) -> go.Figure:
+                     max_height: int | None = 470) -> go.Figure:
     """Raise every font of ``fig`` to at least ``font_px`` and fit it on a projector (in place).
 
     Args:
@@ -78,6 +78,8 @@ def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, width_
         axis.tickfont.size = max(axis.tickfont.size or 0, font_px)
         if axis.title is not None and axis.title.text:
             axis.title.font.size = max(axis.title.font.size or 0, font_px)
+        if name.startswith("yaxis") and axis.scaleanchor:  # a square map narrower than tall: hug the title
+            axis.constraintoward = "top"
     for ann in fig.layout.annotations or ():
         ann.font.size = max(ann.font.size or 0, font_px)
     layout = fig.layout.to_plotly_json()
