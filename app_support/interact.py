@@ -128,7 +128,7 @@ def _picked(chart_key: str) -> tuple[int, int, int] | None:
     if pick is not None or not event:
         return pick
     for point in (event.get("selection") or {}).get("points") or []:  # bars over a 1D key axis
-        if isinstance(point.get("x"), (int, float)):
+        if point.get("customdata") is None and isinstance(point.get("x"), (int, float)):
             return int(point.get("curve_number", 0)), 0, int(point["x"])
     return None
 

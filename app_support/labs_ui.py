@@ -138,25 +138,26 @@ def transfer_view(sweep_dir: str) -> None:
     ui.side_by_side((lab_figures.transfer_figure(res["summary"], train, colors=colors), "lb_tr_ours"),
                     (lab_figures.paper_transfer_figure(colors=colors), "lb_tr_paper"))
     _conclusion("transfer", res["summary"])
+    st.subheader(f"Ours: trained at {train[0]}x{train[1]}")
+    _table(lab_views.results_table(res["summary"], by="eval", train=train), key="lb_tr_table")
+    st.subheader("The paper: Swin V2, Table 1")
     c1, c2 = st.columns([3, 2])
-    with c1:
-        st.subheader(f"Ours: trained at {train[0]}x{train[1]}")
-        _table(lab_views.results_table(res["summary"], by="eval", train=train), key="lb_tr_table")
-    with c2:
-        st.subheader("The paper: Swin V2, Table 1")
-        st.dataframe(pd.DataFrame(lab_views.paper_transfer_rows()), hide_index=True, width="stretch",
-                     key="lb_tr_paper_t")
-        rows = "; ".join(f"{k}: {label}" for k, (label, _, _) in p["rows"].items())
-        st.caption(f"{p['source']}: {p['setting']}. Each cell: without / after fine-tuning. Rows: {rows}. Our grids "
-                   "are the same ratios of the training size (1.5×, 2×, 3×) as the paper's windows 12, 16 and 24.")
+    c1.dataframe(pd.DataFrame(lab_views.paper_transfer_rows()), hide_index=True, width="stretch", key="lb_tr_paper_t")
+    rows = "; ".join(f"{k}: {label}" for k, (label, _, _) in p["rows"].items())
+    c2.caption(f"{p['source']}: {p['setting']}. Each cell: without / after fine-tuning. Rows: {rows}. Our grids "
+               "are the same ratios of the training size (1.5×, 2×, 3×) as the paper's windows 12, 16 and 24.")
     st.subheader("Which rule moved each scheme")
     methods = state.transfer_methods(sweep_dir)
     cells = pd.DataFrame(methods["rows"], columns=["scheme", *methods["methods"]])
     st.dataframe(cells.map(lambda c: "n/a" if str(c).startswith("n/a: ") else c), hide_index=True,
                  width="stretch", key="lb_tr_methods")
-    why_not = {(r["scheme"], c[5:]): [m for m in methods["methods"] if r[m] == c]
-               for r in methods["rows"] for c in r.values() if str(c).startswith("n/a: ")}
-    st.markdown("\n".join(f"- **{s}**, {' and '.join(ms)}: n/a, {reason}" for (s, reason), ms in why_not.items()))
+    why_not: dict[tuple[str, str], list[str]] = {}  # (methods, reason) -> schemes
+    for r in methods["rows"]:
+        for reason in dict.fromkeys(c for c in r.values() if str(c).startswith("n/a: ")):
+            ms = " and ".join(m for m in methods["methods"] if r[m] == reason)
+            why_not.setdefault((ms, reason.removeprefix("n/a: ")), []).append(r["scheme"])
+    st.markdown("\n".join(f"- **{ms}**: n/a for {', '.join(schemes)}: {reason}"
+                           for (ms, reason), schemes in why_not.items()))
     st.caption("A cell names the result it produced (the columns above); n/a: that rule does not apply to the "
                "scheme, so no number is printed under its name. bicubic, geometric: the learned table resized "
                "(timm/Swin, BEiT); native: the scheme's own rule (cpb re-queried with the training window held, "

@@ -21,7 +21,7 @@ import streamlit as st
 import torch
 
 from relpos import diagnostics as probes  # (this module's own `diagnostics` is the cached loader)
-from relpos import explore, geometry, jobs, presets
+from relpos import explore, geometry, jobs, presets, rope_probe
 from relpos._fileio import display_name
 from relpos.checkpoint_import import import_checkpoint
 from relpos.experiments import lab_views, labs, leaderboard, rundir, run_table, runqueue
@@ -228,6 +228,17 @@ def alpha_sweep(kind: str, size, heads: int, init_std: float, seed: int, preset:
                                    seed=seed, preset=preset, content_scale=content_scale, options=dict(options))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def rope_demo(mode: str, size, heads: int, head_dim: int, head: int, theta: float, indexing: str | None, seed: int,
+              direction: str, alpha: float, content_scale: float) -> dict:
+    """A hand-set rotary embedding on its own (:func:`relpos.rope_probe.rope_demo`): its position kernel
+    ``(H, 2h-1, 2w-1)`` (or ``(H, 2L-1)``) and head ``head``'s attention on the fixed input with and
+    without the rotation (``(N, N)`` each); mixed frequencies ``(2, H, P)`` for "mixed"."""
+    return rope_probe.rope_demo(mode, explore.check_app_size(size), heads, head_dim, head, theta=theta,
+                                grid_indexing=indexing, seed=seed, direction=direction, alpha=alpha,
+                                content_scale=content_scale)
+
+
 # Cached per layer: st.cache_data copies what it returns on every hit, and a 32x32 patch grid makes
 # each layer's maps 4 MB per head.
 @st.cache_data(max_entries=16, show_spinner="Running the model...")
@@ -260,6 +271,22 @@ def attention_maps(source: str, table: str, alpha: float, sample: int, upload: b
     off (``"without"``: "relative", "rotary", "absolute"; :func:`relpos.diagnostics.position_disabled`),
     the picture, both predictions and the input's marks (:func:`relpos.experiments.figure_compare.sample_marks`)."""
     return _attention_maps(source, source_modified(source), table, alpha, sample, upload, layer, part)
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the rotation...")
+def _rope_kernel(source: str, modified: float, table: str, alpha: float, sample: int, upload: bytes | None,
+                 layer: int, direction: str, seed: int) -> np.ndarray:
+    model, cfg = _shown_model(source, modified, table, alpha)
+    image = _model_input(model, cfg, sample, upload)[0] if direction == "mean" else None
+    return rope_probe.layer_kernel(model, layer, direction, image=image, seed=seed)
+
+
+def rope_kernel(source: str, table: str, alpha: float, sample: int, upload: bytes | None, layer: int,
+                direction: str, seed: int = 0) -> np.ndarray:
+    """Layer ``layer``'s position kernel ``(H, 2h-1, 2w-1)`` of a source's rotary model, for content
+    ``direction`` ("ones", "random" seeded by ``seed``, or "mean": the layer's mean query and key on the
+    input of :func:`attention_maps`): :func:`relpos.rope_probe.layer_kernel`."""
+    return _rope_kernel(source, source_modified(source), table, alpha, sample, upload, layer, direction, seed)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -318,6 +345,31 @@ def _checkpoint_tables(path: str, modified: float) -> dict:
 def checkpoint_tables(path: str) -> dict:
     """A checkpoint's learned tables per layer, its initial tables, their geometry and its config."""
     return _checkpoint_tables(path, mtime(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the rotation...")
+def _checkpoint_rotary(path: str, modified: float, direction: str, seed: int) -> dict:
+    model, ckpt = _checkpoint_model(path, modified)
+    summary = rope_probe.rotary_summary(model)
+    if summary is None:
+        return {"summary": None}
+    fresh = fresh_model(ckpt.get("config", {}))  # rebuilt with its seed: the rotation before training
+    layers = range(summary["layers"])
+    return {
+        "summary": summary,
+        "learned_freqs": rope_probe.mixed_frequencies(model),
+        "initial_freqs": rope_probe.mixed_frequencies(fresh),
+        "kernels": [rope_probe.layer_kernel(model, i, direction, seed=seed) for i in layers],
+        "initial_kernels": [rope_probe.layer_kernel(fresh, i, direction, seed=seed) for i in layers],
+    }
+
+
+def checkpoint_rotary(path: str, direction: str = "ones", seed: int = 0) -> dict:
+    """A checkpoint's rotary embedding: ``{"summary"`` (:func:`relpos.rope_probe.rotary_summary`, None
+    without one), ``"learned_freqs"``/``"initial_freqs"`` (``(2, H, P)`` per layer, "mixed" only; the
+    initial ones from a fresh model of its config and seed), ``"kernels"``/``"initial_kernels"`` (per
+    layer, content ``direction``)``}``; cached until the file changes."""
+    return _checkpoint_rotary(path, mtime(path), direction, seed)
 
 
 @st.cache_data(max_entries=8, show_spinner="Resizing and evaluating...")

@@ -285,8 +285,11 @@ class MultiHeadAttention(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         B, N, C = x.shape
-        bias_off = self in _BIAS_OFF.get()
-        request = _MAP_REQUEST.get()
+        # The context switches serve inspection of the plain model; a compiled training graph reads none
+        # of them (a ContextVar read breaks Dynamo's graph).
+        compiling = torch.compiler.is_compiling()
+        bias_off = not compiling and self in _BIAS_OFF.get()
+        request = None if compiling else _MAP_REQUEST.get()
         slot = None if request is None else request.slots.get(self)
         bias = None if bias_off else relative_position_bias
         if bias is None and self.relative_position_bias is not None and not bias_off:
@@ -300,7 +303,7 @@ class MultiHeadAttention(nn.Module):
             bias = self.relative_position_bias()  # (H, N, N)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
-        if self.rope is not None and self not in _ROTARY_OFF.get():
+        if self.rope is not None and (compiling or self not in _ROTARY_OFF.get()):
             q, k = self.rope(q, k)  # each (B, H, N, D), turned by position (prefix tokens untouched)
         bias_grad = bias is not None and bias.requires_grad
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or bias_grad)
@@ -373,7 +376,7 @@ def absolute_position_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 def absolute_position_enabled(module: nn.Module) -> bool:
     """Whether ``module`` adds its absolute position embedding in this context (read by its forward)."""
-    return module not in _ABSOLUTE_OFF.get()
+    return torch.compiler.is_compiling() or module not in _ABSOLUTE_OFF.get()
 
 
 @torch.no_grad()

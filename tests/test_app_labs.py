@@ -142,7 +142,9 @@ def test_transfer_lab_shows_the_csv_numbers_the_paper_and_the_words(runs_root):
     assert methods.loc["cpb"].tolist() == ["n/a", "n/a", "cpb/log"]
     assert methods.loc["absolute"].tolist() == ["n/a", "n/a", "absolute"]
     reasons = next(m.value for m in at.markdown if m.value.startswith("- **"))
-    assert "**cpb**, bicubic and geometric: n/a, the model has no learned table to resize" in reasons
+    assert "- **bicubic and geometric**: n/a for cpb: the model has no learned table to resize (bias cpb)" in reasons
+    assert "- **bicubic and geometric**: n/a for absolute: the model has no learned table to resize (no " in reasons
+    assert "- **native**: n/a for 2d: the learned table (2d) must be resized" in reasons
     # The figure: one line per scheme at the csv's means; the band spans the lowest to the highest seed.
     fig = charts(at)["lb_tr_ours"]
     lines = {t["name"]: t for t in fig["data"] if t.get("mode") == "lines+markers"}

@@ -93,7 +93,8 @@ def selected(pg) -> str:
 
 
 def slider_value(pg, label: str) -> str:
-    return pg.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider").get_attribute("aria-valuenow")
+    """The value a slider shows over its thumb."""
+    return pg.get_by_test_id("stSlider").filter(has_text=label).get_by_test_id("stSliderThumbValue").inner_text()
 
 
 def test_clicks_choose_the_query_and_the_pair(server, browser):
@@ -127,9 +128,8 @@ def test_clicks_choose_a_head_and_a_patch_of_the_image(server, browser):
         box = pg.locator("[data-testid='stSidebar']").get_by_role("combobox", name="Head", exact=True)
         assert box.input_value() == "2"
         assert pg.get_by_text("head 2 · selected").count() >= 1
-        tokens = int(pg.get_by_test_id("stSlider").filter(has_text="Query patch").get_by_role("slider")
-                     .get_attribute("aria-valuemax")) + 1
-        side = int(round(tokens ** 0.5))  # the default preset's square patch grid
+        ticks = pg.get_by_test_id("stSlider").filter(has_text="Query patch").get_by_test_id("stSliderTickBar")
+        side = int(round((int(ticks.inner_text().split()[-1]) + 1) ** 0.5))  # the default preset's square grid
         click_cell(pg, "am_input_image", 0, 1, side, side)  # a patch of the input picture
         assert "query (y, x) = (0, 1) · token 1" in selected(pg)
         click_cell(pg, "am_query_with", side - 1, 0, side, side)  # a patch of the map

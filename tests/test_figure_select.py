@@ -72,6 +72,9 @@ def test_picked_cell_reads_streamlits_selection():
                            "point_indices": [0], "box": [], "lasso": []}}
     assert fs.picked_cell(event) == (2, 3, 4)
     assert fs.picked_cell(event["selection"]) == (2, 3, 4)
+    # Plotly's binary customdata is a typed array in the browser: Streamlit sends it as {"0": ..., "1": ...}.
+    typed = {"selection": {"points": [{"customdata": {"1": 7.0, "0": 0.0, "2": 2.0, "3": 0.25}}]}}
+    assert fs.picked_cell(typed) == (0, 7, 2)
     assert fs.picked_cell({"selection": {"points": []}}) is None
     assert fs.picked_cell(None) is None
     assert fs.picked_cell({"selection": {"points": [{"x": 1}]}}) is None  # a point of another trace

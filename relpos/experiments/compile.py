@@ -26,6 +26,7 @@ A cancel (SIGTERM) that lands during the compile waits for it (the step it is in
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -107,11 +108,9 @@ def compiler_problem(device: torch.device | str) -> str | None:
             return f"no C++ compiler for torch.compile's CPU backend ({' / '.join(names)} not found)"
         return None
     if device.type == "cuda":
-        try:
-            from torch.utils._triton import has_triton  # (private but stable since torch 2.1)
-        except ImportError:
-            return "cannot tell whether Triton is installed (torch.utils._triton is missing)"
-        return None if has_triton() else "Triton is not installed (torch.compile on CUDA needs it)"
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed (torch.compile on CUDA needs it)"
+        return None
     return f"relpos does not compile for device {device.type!r}"
 
 

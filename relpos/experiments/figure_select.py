@@ -161,7 +161,12 @@ def picked_cell(selection: Mapping[str, Any] | None) -> tuple[int, int, int] | N
     selection = selection.get("selection", selection)
     for point in selection.get("points") or []:
         cd = point.get("customdata")
-        if isinstance(cd, Sequence) and len(cd) >= PICK_FIELDS:
+        if isinstance(cd, Mapping):  # a typed array reaches Python as {"0": panel, "1": row, ...}
+            try:
+                cd = [cd[k] for k in sorted(cd, key=int)]
+            except (TypeError, ValueError):
+                continue
+        if isinstance(cd, Sequence) and not isinstance(cd, str) and len(cd) >= PICK_FIELDS:
             try:
                 return int(cd[0]), int(cd[1]), int(cd[2])
             except (TypeError, ValueError):

@@ -187,6 +187,7 @@ STATUS_FIELDS: dict[str, Callable[[Any], Any]] = {
     "step": _count(),
     "total_steps": _count(),
     "world_size": _count(1),
+    "params": _count(),
     "pid": _pid,
     "eta_seconds": _DURATION,
     "created_at": _TIME,
