@@ -254,8 +254,14 @@ def presenter_css() -> None:
         "[data-testid='stCaptionContainer']{font-size:1.05rem;}"
         "[data-testid='stMetricLabel'] p,[data-testid='stMetricDelta']{white-space:normal;}"
         "[data-testid='stMain'] *{overflow-wrap:anywhere;}"
+        ".relpos-chart-title{font-size:1.35rem;font-weight:600;line-height:1.3;margin:0 0 -.4rem .4rem;}"
         "</style>"
     )
+
+
+def chart_title(text: str) -> None:
+    """A chart's title written above it in presenter mode (large, wrapping; Plotly's own would be cut)."""
+    st.html(f"<div class='relpos-chart-title'>{text}</div>")
 
 
 # ----------------------------------------------------------------------------- deep links

@@ -91,8 +91,10 @@ def pick_sweeps(kind: str, root: Path, multi: bool = False) -> list[str]:
 def progress(sweep_dir: str) -> dict:
     """Where a lab sweep stands, and the Evaluate button once members are done without results."""
     p = lab_views.lab_progress(sweep_dir)
-    st.caption(f"`{Path(sweep_dir).name}`: {p['done']} of {p['total']} members done · {p['active']} queued or "
-               f"training · {p['failed']} failed · {p['evaluated']} evaluated (results.csv in `{sweep_dir}`)")
+    folder = Path(sweep_dir).resolve()
+    shown = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
+    st.caption(f"`{folder.name}`: {p['done']} of {p['total']} members done · {p['active']} queued or "
+               f"training · {p['failed']} failed · {p['evaluated']} evaluated (results.csv in `{shown}`)")
     if p["to_evaluate"]:
         c1, c2 = st.columns([1, 3], vertical_alignment="center")
         if c1.button(f"Evaluate {p['to_evaluate']} finished member(s)", type="primary",
@@ -112,13 +114,15 @@ def _table(table: dict, key: str) -> None:
     st.caption(table["caption"])
 
 
-def _downloads(sweep_dir: str, key: str) -> None:
-    c1, c2, _ = st.columns([1, 1, 3])
+def _downloads(sweep_dir: str, key: str, named: bool = False) -> None:
+    """Download buttons of a lab sweep's results.csv and results.md (``named``: the buttons say whose)."""
+    c1, c2, _ = st.columns([1, 1, 1] if named else [1, 1, 3])
     for col, name, mime in ((c1, labs.RESULTS_FILE, "text/csv"), (c2, labs.RESULTS_MD, "text/markdown")):
         path = Path(sweep_dir) / name
         if path.is_file():
             with col:
-                ui.download(f"Download {name}", path.read_bytes(), f"{Path(sweep_dir).name}-{name}", key=f"{key}_{name}",
+                label = f"Download {Path(sweep_dir).name}/{name}" if named else f"Download {name}"
+                ui.download(label, path.read_bytes(), f"{Path(sweep_dir).name}-{name}", key=f"{key}_{name}",
                             mime=mime)
 
 
@@ -220,9 +224,10 @@ def why(sweep_dir: str) -> None:
               key="lb_sh_why")
     st.caption(f"Test image {index} of the unseen region (seed {seed}); the answer is **{a['classes'][a['label']]}** "
                f"(the direction from A to B). Each map: how much the query patch (dotted) attends to each patch, "
-               f"layer {layer}, {'mean of the heads' if head is None else f'head {head}'}, both maps on one scale. "
-               "A relative model compares offsets, which it learned everywhere; the absolute embedding of the "
-               "columns right of the dashed line was never trained with a mark there.")
+               f"layer {layer}, {'mean of the heads' if head is None else f'head {head}'}, both maps on one scale; "
+               "each title says whether that model found the direction. A relative model compares offsets, which "
+               "it learned everywhere; the absolute embedding of the columns right of the dashed line was never "
+               "trained with a mark there, so even where it finds the other mark it may misjudge where it is.")
 
 
 def ablation_view(sweep_dirs: Sequence[str]) -> None:
@@ -245,7 +250,9 @@ def ablation_view(sweep_dirs: Sequence[str]) -> None:
         _table(table, key="lb_ab_table")
     with c2:
         st.subheader("The paper")
-        st.dataframe(pd.DataFrame(lab_views.paper_ablation_rows()), hide_index=True, width="stretch", key="lb_ab_paper")
+        paper = pd.DataFrame(lab_views.paper_ablation_rows())
+        st.dataframe(paper, hide_index=True, width="stretch", key="lb_ab_paper",
+                     column_config={b: st.column_config.NumberColumn(format="%.1f") for b in p["benchmarks"]})
         st.caption(f"{p['source']}: {p['setting']}; best first. Also in the paper: {p['extra']}.")
     for d in sweep_dirs:
-        _downloads(d, f"lb_ab_dl_{Path(d).name}")
+        _downloads(d, f"lb_ab_dl_{Path(d).name}", named=len(sweep_dirs) > 1)

@@ -17,7 +17,7 @@ import streamlit as st
 from app_support import interact, state
 from relpos import captions, explore
 from relpos.diagnostics import DIAGNOSTIC_MEASURES
-from relpos.experiments.figure_present import presenter_layout
+from relpos.experiments.figure_present import presenter_layout, take_title
 from relpos.families import ALIBI_DISTANCES, FAMILIES
 
 #: Widths the cpb MLP's hidden layer can take in the app.
@@ -35,23 +35,25 @@ def guard(what: str, todo: str) -> Iterator[None]:
                  icon=":material/error:")
 
 
-def plotly(fig, key: str, on_select: Callable[[], None] | None = None, share: float = 1.0) -> None:
+def plotly(fig, key: str, on_select: Callable[[], None] | None = None) -> None:
     """Draw a figure full width (one place to change how every chart is drawn): in presenter mode with
-    fonts of 18 px or more, fitted to ``share`` of the page's width; with ``on_select``, a click on a
-    point (the click layer of :mod:`relpos.experiments.figure_select`) calls it before the rerun."""
-    if interact.presenting():  # the page is about 770 px wide at 1280x720 and 150 % zoom
-        presenter_layout(fig, width_px=max(100, int(770 * share)))
+    fonts of 18 px or more and its title written above it (HTML wraps a long title, Plotly would cut
+    it); with ``on_select``, a click on a point (the click layer of
+    :mod:`relpos.experiments.figure_select`) calls it before the rerun."""
+    if interact.presenting():
+        title = take_title(fig)
+        presenter_layout(fig)
+        if title:
+            interact.chart_title(title)
     clicks = {"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}
     st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False}, **clicks)
 
 
 def side_by_side(*charts: tuple[Any, ...], widths: Sequence[int] | None = None) -> None:
     """Draw ``(figure, key)`` or ``(figure, key, on_select)`` tuples in columns, left to right."""
-    widths = list(widths) if widths else [1] * len(charts)
-    for col, width, chart in zip(st.columns(widths), widths, charts):
+    for col, chart in zip(st.columns(list(widths) if widths else len(charts)), charts):
         with col:
-            fig, key, *on_select = chart
-            plotly(fig, key, *on_select, share=width / sum(widths))
+            plotly(*chart)
 
 
 def reach_metrics(reaches: Sequence[tuple[str, float, float | None]], note: str, *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import interact, state, ui
+from app_support import interact, rope_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, diagnostics, explore, geometry, presets
 from relpos.experiments import figure_compare, figure_select, stepthrough, stepthrough_figure
@@ -13,14 +13,14 @@ from relpos.experiments import visualize as viz
 from relpos.families import FAMILIES
 
 page_frame("Bias explorer", ":material/tune:")
-interact.prose(
+interact.prose(rope_ui.INTRO if rope_ui.chosen() else  # the rotation's own opening, else the bias's:
     "A relative position bias is a small table, one value per offset and head; gathered through the "
     "index it becomes an N×N bias added to the attention logits. Set the table by hand with a "
     "**preset** and see what it does to attention on a fixed input. **Try first:** preset *locality* "
     "as it opens, then slide α down to 0 and up to 5 and watch each query's attention spread out and "
     "gather around itself."
 )
-if not interact.presenting():  # the step-through below carries the formula on screen
+if not interact.presenting() and not rope_ui.chosen():  # the step-through carries it on screen; RoPE has its own
     st.latex(r"\mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + B\right),\quad "
              r"B^{(h)}_{ij} = \mathrm{table}\big[\mathrm{index}[i,j],\, h\big],\quad "
              r"\text{locality: } \mathrm{table}[r, h] = -\alpha\,\lVert(\Delta y, \Delta x)_r\rVert")
@@ -33,6 +33,12 @@ ui.keep_values(["be_h", "be_w", "be_len", "be_preset", "be_alpha", "be_init_std"
 slots = interact.control_slots([("kind", "size", "options"), ("preset", "alpha", "heads"),
                                 ("init_std", "seed", "content"), ("head", "query", "scale")],
                                main=("preset", "alpha", "head", "query"))
+with slots["kind"]:
+    rotary = rope_ui.position_choice()  # a bias family (below) or a rotary embedding (app_support/rope_ui.py)
+if rotary:
+    rope_ui.bias_explorer(slots)
+    interact.lesson_nav("pages/2_bias_explorer.py")
+    st.stop()
 with slots["kind"]:
     kind = st.selectbox("Relative bias family", explore.EXPLORE_BIAS_TYPES,
                         index=explore.EXPLORE_BIAS_TYPES.index(DEFAULT),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import interact, state, ui
+from app_support import interact, rope_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, diagnostics, explore, geometry, presets
 from relpos.experiments import figure_compare, figure_select
@@ -149,4 +149,7 @@ with ui.guard("compute the attention maps",
     if part is not None:
         ui.plotly(viz.difference_figure(maps_without, maps_with, kind="bias", names=(off_label, "as computed"),
                                         window_size=grid), key="am_diff")
+    if summary["rotary"]:  # RoPE has no table: its position kernel stands in for one
+        st.subheader(f"The rotation's position kernel · layer {layer}")
+        rope_ui.model_kernel(source, table, float(alpha), sample, upload, layer, head, key="am_rope")
 interact.lesson_nav("pages/3_attention_maps.py")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app_support import state, ui
+from app_support import rope_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, jobs
 from relpos.experiments import figure_compare
@@ -99,6 +99,7 @@ with ui.guard("read checkpoint A", "pick another checkpoint; an upload must be a
         ui.diagnostics_table(rows, li, key="ck_diag", explain=True)
         ui.plotly(viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table", **geo),
                   key="ck_change")
+    rope_ui.checkpoint_rotation(a, layer)  # a rotary embedding: its mixed frequencies and kernel (else nothing)
     if b == NONE and (own := state.run_curves([a])):
         ui.plotly(figure_compare.smoothed_curves_figure(own, title="A's training"), key="ck_a_curves")
         if figure_compare.has_diagnostics(own):

@@ -32,6 +32,7 @@ st.markdown(
 )
 ROOT = state.runs_root()
 
+ckpts = []  # stays empty when the list cannot be read (the guard shows why)
 with ui.guard("list the checkpoints", f"check that {ROOT}/ is readable"):
     ckpts = jobs.list_checkpoints(ROOT)
 if not ckpts:

@@ -87,8 +87,9 @@ def results_section() -> None:
         colors = cell_colors(list(view["curves"]))  # one colour per cell, in grid order, in both figures
         runs_ui.leaderboard_table(rows, key="ex_leaderboard")
         # uirevision: a zoom survives the refresh while members train.
-        ui.side_by_side((leaderboard_figure(rows, colors).update_layout(uirevision=chosen), "ex_bars"),
-                        (sweep_curves_figure(view["curves"], colors).update_layout(uirevision=chosen), "ex_curves"))
+        # Full width each: ten schemes' labels (name, mean ± std, n) need the room.
+        ui.plotly(leaderboard_figure(rows, colors).update_layout(uirevision=chosen), key="ex_bars")
+        ui.plotly(sweep_curves_figure(view["curves"], colors).update_layout(uirevision=chosen), key="ex_curves")
         failed = [r for r in runs if r["state"] in ("failed", "cancelled", "missing")]
         if failed:
             st.warning("**Failed members** (the others still finish):\n\n" + "\n".join(

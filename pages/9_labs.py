@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import streamlit as st
 
 from app_support import labs_ui, state, ui
@@ -17,17 +19,19 @@ st.markdown(
 )
 RUN_EVERY_S = 3.0
 ROOT = state.runs_root()
-INTRO = {
+INTRO = MappingProxyType({
     "transfer": "**Size transfer.** Train at a 4x4 patch grid, then move each model to 6x6, 8x8 and 12x12 patches "
                 "*without fine-tuning*, each scheme by its own rule: a learned table is resized (bicubic, or BEiT's "
                 "geometric method), Swin V2's continuous bias (cpb) is asked for the new offsets, an absolute "
-                "embedding is resampled. Swin V2 found the resized table falling far behind the log-spaced cpb.",
+                "embedding is resampled, a rotary embedding is recomputed (or, as EVA does, its coordinates "
+                "rescaled to the training grid). Swin V2 found the resized table falling far behind the "
+                "log-spaced cpb.",
     "shift": "**Position shift.** Train with both marks in columns 0–9, test with them in columns 6–15: columns 10–15 "
              "never held a mark in training. A relative scheme sees only offsets, so it should still solve the task "
              "there; an absolute embedding never trained those positions.",
     "ablation": "**Ablation.** Swin's Table 4: relative position best, no position worst. Here on the relational "
                 "task (`ablation.yaml`) and on handwritten digits (`ablation_digits.yaml`), with seeds.",
-}
+})
 
 kind = st.radio("Lab", list(lab_views.LAB_TITLES), format_func=lab_views.LAB_TITLES.get, horizontal=True,
                 key="lb_kind", help="Which published result to repeat on our task: moving to another image size, "

@@ -254,6 +254,7 @@ def fake_trainer(tmp_path, monkeypatch, runs_root):
     kill_runs(runs_root)
 
 
+@pytest.mark.slow
 def test_queue_button_queues_the_shipped_spec(fake_trainer):
     root = fake_trainer
     at = open_lab("shift")

@@ -1,4 +1,4 @@
-"""relpos.experiments.figure_present: fonts of 18 px or more, wrapped titles, a height that fits a projector."""
+"""relpos.experiments.figure_present: fonts of 18 px or more, the title handed over, a height that fits a projector."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from relpos.experiments import stepthrough as stp
 from relpos.experiments import stepthrough_figure as sf
 from relpos.experiments import visualize as viz
-from relpos.experiments.figure_present import PRESENTER_FONT_PX, presenter_layout, wrap_title
+from relpos.experiments.figure_present import PRESENTER_FONT_PX, presenter_layout, take_title
 
 
 def test_every_font_is_raised():
@@ -25,22 +25,16 @@ def test_every_font_is_raised():
     assert layout.yaxis.constraintoward == "top"  # a square map hugs its title
 
 
-def test_wrap_title_breaks_at_spaces_and_ignores_tags():
-    assert wrap_title("aaaa bbbb cccc", 9) == "aaaa bbbb<br>cccc"
-    assert wrap_title("<b>aaaa bbbb</b> cccc", 9) == "<b>aaaa bbbb</b><br>cccc"
-    assert wrap_title("averyveryverylongword x", 8) == "averyveryverylongword<br>x"
-    assert wrap_title("a<br>b c", 80) == "a<br>b c"
-    with pytest.raises(ValueError, match="max_chars"):
-        wrap_title("a", 2)
-
-
-def test_a_long_title_wraps_and_the_top_margin_makes_room():
+def test_take_title_hands_the_title_over_and_the_top_margin_shrinks():
     title = "With the relative bias · layer 0, head 0 · near uniform (0.0611–0.0642): scale from 0"
     fig = viz.query_centric_figure(np.ones((9, 9)), 4, (3, 3), title=title)
-    presenter_layout(fig, width_px=385)
-    lines = fig.layout.title.text.split("<br>")
-    assert len(lines) >= 2 and all(len(line) <= 385 / (0.56 * 22) for line in lines)
-    assert fig.layout.margin.t >= len(lines) * 22
+    assert take_title(fig) == title and not fig.layout.title.text
+    assert take_title(fig) == ""
+    presenter_layout(fig)
+    assert fig.layout.margin.t < 84  # no title: little room above the map
+    heads = viz.visualize_attention_weights(np.ones((2, 4, 4)), window_size=(2, 2), title="")
+    presenter_layout(heads)
+    assert heads.layout.margin.t >= 36 + 18  # the panel titles keep their room
 
 
 def test_height_is_capped_but_not_for_an_animation():

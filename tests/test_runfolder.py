@@ -6,6 +6,12 @@ oversized and deeply nested files): each gives one row, possibly broken with its
 exception; the sound runs beside them are listed intact; reconcile and the queue survive them; the
 app's Train page and sidebar render over them. Deterministic (derandomized, no example database).
 Listing reads a bounded part of each file whatever its size (tracemalloc, no timing asserts).
+
+Cases tried per run of this file: 120 hostile run folders (each listed alone), 120 sound statuses,
+120 single hostile fields, 40 runs roots mixing 1-5 hostile folders with 3 sound runs (list,
+reconcile, queue), plus the named cases below (the issue's examples, FIFOs, a 200 MB metrics file,
+oversized and deeply nested JSON, non-UTF-8 names, an unwritable run, the app's pages). Over 400
+lines: the strategies and the folder writers serve every test here, so they stay in one file.
 """
 
 from __future__ import annotations

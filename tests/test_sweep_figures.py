@@ -31,7 +31,7 @@ def test_leaderboard_bars_error_bars_and_seed_dots():
     np.testing.assert_allclose(bars.y, [97.0, 32.0, 0.0])  # no finished member: no bar
     np.testing.assert_allclose(bars.error_y.array, [2.0, 0.0, 0.0])
     assert list(bars.text) == ["97.0 ± 2.0 (n=3)", "32.0 (n=1)", "pending"]
-    assert list(fig.layout.xaxis.ticktext) == ["<b>2d</b><br>97.0 ± 2.0 (n=3)", "<b>none</b><br>32.0 (n=1)",
+    assert list(fig.layout.xaxis.ticktext) == ["<b>2d</b><br>97.0 ± 2.0<br>(n=3)", "<b>none</b><br>32.0<br>(n=1)",
                                                "<b>t5</b><br>pending"]
     assert list(dots.x) == ["2d", "2d", "2d", "none"]
     np.testing.assert_allclose(dots.y, [95.0, 97.0, 99.0, 32.0])

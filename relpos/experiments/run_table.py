@@ -17,7 +17,7 @@ Streamlit-free (the app is one client): the page draws what these functions retu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "read_run_config",
     "run_columns",
     "run_overrides",
+    "seeds_from",
     "split_scheme",
 ]
 
@@ -261,8 +262,3 @@ def run_overrides(cfg: Mapping[str, Any], *, scheme: str, options: Mapping[str, 
 def seeds_from(first: int, repeat: int) -> list[int]:
     """``repeat`` consecutive seeds starting at ``first`` (the Train page's "repeat x N seeds")."""
     return [int(first) + k for k in range(max(1, int(repeat)))]
-
-
-def sorted_by(rows: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
-    """``rows`` ordered by the (numeric when possible) value of ``key``, Nones last."""
-    return sorted(rows, key=lambda r: (r.get(key) is None, _number(r.get(key)) or 0.0, str(r.get(key))))

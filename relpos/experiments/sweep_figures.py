@@ -76,10 +76,12 @@ def leaderboard_figure(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, s
         hovertemplate="%{x}<br>one seed: %{y:.2f}%<extra></extra>",
     )
     fig = go.Figure(data=[bars, dots])
+    top = max(105.0, float(np.nanmax(np.append(means + stds, 0.0))) + 3.0)  # an error bar above 100 % stays in view
     fig.update_layout(
-        title={"text": title, "x": 0.02}, height=420, margin={"l": 60, "r": 20, "t": 60, "b": 80},
-        yaxis={"title": {"text": "best validation accuracy (%)"}, "range": [0, 108]},
-        xaxis={"type": "category", "tickvals": labels, "ticktext": [f"<b>{a}</b><br>{b}" for a, b in zip(labels, text)]},
+        title={"text": title, "x": 0.02}, height=440, margin={"l": 60, "r": 20, "t": 60, "b": 90},
+        yaxis={"title": {"text": "best validation accuracy (%)"}, "range": [0, top]},
+        xaxis={"type": "category", "tickvals": labels, "tickangle": 0,
+               "ticktext": [f"<b>{a}</b><br>{b.replace(' (', '<br>(')}" for a, b in zip(labels, text)]},
         showlegend=False, bargap=0.35,
         plot_bgcolor="white", yaxis_gridcolor="#e5e5e5",
     )
