@@ -40,3 +40,10 @@ st.info(
     "itself. To see a trained model, start the *default* preset on **Train** (about a minute).",
     icon=":material/lightbulb:",
 )
+st.info(
+    "Teaching? Switch on **Presenter mode** in the sidebar (or add `?present=1` to a page's address): large "
+    "chart text, the main maps first, no prose. Click a patch on any map to make it the query; every "
+    "choice is in the address, so a link opens the view you prepared. The teaching pages end with "
+    "**Next →**, from Position indices to Labs.",
+    icon=":material/co_present:",
+)

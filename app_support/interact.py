@@ -42,8 +42,10 @@ PRESENT = "present"
 W_PRESENT = "frame_present"
 _WRITTEN = "_query_params_written"
 #: The teaching pages, in the order of a lesson (paths as in :data:`app_support.frame.NAV`).
-LESSON: tuple[str, ...] = ("pages/1_position_indices.py", "pages/2_bias_explorer.py", "pages/3_attention_maps.py",
-                           "pages/4_train.py", "pages/9_labs.py")
+LESSON: tuple[str, ...] = (
+    "pages/1_position_indices.py", "pages/2_bias_explorer.py", "pages/3_attention_maps.py",
+    "pages/4_train.py", "pages/9_labs.py",
+)
 
 
 # ----------------------------------------------------------------------------- cells and tokens
@@ -88,7 +90,8 @@ def _synced_slider(label: str, grid: tuple[int, int], sel_key: str, widget_key: 
     return token
 
 
-def query_slider(label: str, grid: tuple[int, int], key: str, default: int | None = None, **kwargs: Any) -> int:
+def query_slider(label: str, grid: tuple[int, int], key: str, default: int | None = None,
+                 **kwargs: Any) -> int:
     """The query token (row-major on ``grid``; default: the centre), in sync with :data:`SEL_QUERY`."""
     default = (grid[0] // 2) * grid[1] + grid[1] // 2 if default is None else default
     return _synced_slider(label, grid, SEL_QUERY, key, default, **kwargs)
@@ -438,7 +441,8 @@ def sync_query_params(title: str) -> None:
 
 
 def lesson_nav(path: str) -> None:
-    """"← Back" and "Next →" to the neighbours of ``path`` on :data:`LESSON`, carrying the shared state."""
+    """"← Back" and "Next →" to the neighbours of ``path`` on :data:`LESSON`, carrying the shared
+    state (:data:`SHARED_PARAMS`) in their links."""
     if path not in LESSON:
         return
     k = LESSON.index(path)

@@ -120,7 +120,7 @@ def bias_explorer(slots: dict[str, Any]) -> None:
 
     interact.prose(
         f"**{ROTARY}** · {mode}: {MODE_WORDS[mode]}. The fixed input: every query and key is the shared content "
-        "(weight α) plus random content (its strength below the seed); the maps compare them turned and as they are."
+        "(weight α) plus random content (std: the content strength); the maps compare them turned and as they are."
     )
     if not interact.presenting():
         st.latex(r"\mathrm{softmax}\!\left(\frac{(R_{p_i} q_i)^\top (R_{p_j} k_j)}{\sqrt{d}}\right),\quad "

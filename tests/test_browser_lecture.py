@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, assert_no_exception, streamlit_server, wait_charts, wait_idle
+from test_browser import (CHROMIUM, CHROMIUM_ARGS, assert_no_exception, streamlit_server, wait_charts,
+                          wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -94,7 +95,8 @@ def selected(pg) -> str:
 
 def slider_value(pg, label: str) -> str:
     """The value a slider shows over its thumb."""
-    return pg.get_by_test_id("stSlider").filter(has_text=label).get_by_test_id("stSliderThumbValue").inner_text()
+    box = pg.get_by_test_id("stSlider").filter(has_text=label)
+    return box.get_by_test_id("stSliderThumbValue").inner_text()
 
 
 def test_clicks_choose_the_query_and_the_pair(server, browser):
@@ -129,7 +131,7 @@ def test_clicks_choose_a_head_and_a_patch_of_the_image(server, browser):
         assert box.input_value() == "2"
         assert pg.get_by_text("head 2 · selected").count() >= 1
         ticks = pg.get_by_test_id("stSlider").filter(has_text="Query patch").get_by_test_id("stSliderTickBar")
-        side = int(round((int(ticks.inner_text().split()[-1]) + 1) ** 0.5))  # the default preset's square grid
+        side = int(round((int(ticks.inner_text().split()[-1]) + 1) ** 0.5))  # the preset's square grid
         click_cell(pg, "am_input_image", 0, 1, side, side)  # a patch of the input picture
         assert "query (y, x) = (0, 1) · token 1" in selected(pg)
         click_cell(pg, "am_query_with", side - 1, 0, side, side)  # a patch of the map
@@ -146,14 +148,16 @@ LAYOUT_JS = """() => {
   for (const e of document.querySelectorAll('[data-testid="stMain"] *')) {
     if (e.closest('svg') || e.closest('.katex-mathml')) continue;  // clipped by their SVG; MathML is hidden
     const r = e.getBoundingClientRect(), s = getComputedStyle(e);
-    if (r.width > 0 && r.right > vw + 1 && s.visibility !== 'hidden' && s.display !== 'none') wide.push(e.tagName + ' ' + (e.getAttribute('data-testid') || ''));
+    if (r.width > 0 && r.right > vw + 1 && s.visibility !== 'hidden' && s.display !== 'none')
+      wide.push(e.tagName + ' ' + (e.getAttribute('data-testid') || ''));
   }
   const cut = [];
   for (const svg of document.querySelectorAll('.js-plotly-plot .main-svg:first-of-type')) {
     const box = svg.getBoundingClientRect();
     for (const t of svg.parentNode.querySelectorAll('.gtitle, .annotation-text, .xtitle, .ytitle')) {
       const r = t.getBoundingClientRect();
-      if (r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1)) cut.push(t.textContent.slice(0, 60));
+      const out = r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1;
+      if (r.width > 0 && out) cut.push(t.textContent.slice(0, 60));
     }
   }
   const sidebar = document.querySelector('[data-testid="stSidebar"]');
@@ -194,7 +198,8 @@ def test_a_deep_link_opens_the_prepared_view(server, browser):
         assert slider_value(pg, "Query token") == "12"
         assert pg.get_by_text("relative position bias is a small table").count() == 0  # prose hidden
         assert pg.locator("[data-testid='stSidebar']").get_attribute("aria-expanded") != "true"
-        assert re.search(r"query=1(%2C|,)5", pg.url) and "alpha=3.5" in pg.url and "present=1" in pg.url, pg.url
+        assert re.search(r"query=1(%2C|,)5", pg.url), pg.url
+        assert "alpha=3.5" in pg.url and "present=1" in pg.url, pg.url
         assert_no_exception(pg, "deep link")
         shot(pg, "deep_link")
     finally:

@@ -1,4 +1,5 @@
-"""relpos.experiments.figure_present: fonts of 18 px or more, the title handed over, a height that fits a projector."""
+"""relpos.experiments.figure_present: fonts of 18 px or more, the title handed over, a height that fits a
+projector."""
 
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ def test_picker_needs_a_heatmap():
 
 
 def test_picked_cell_reads_streamlits_selection():
-    event = {"selection": {"points": [{"curve_number": 5, "x": 1, "y": 2, "customdata": [2.0, 3.0, 4.0, 0.5]}],
-                           "point_indices": [0], "box": [], "lasso": []}}
+    point = {"curve_number": 5, "x": 1, "y": 2, "customdata": [2.0, 3.0, 4.0, 0.5]}
+    event = {"selection": {"points": [point], "point_indices": [0], "box": [], "lasso": []}}
     assert fs.picked_cell(event) == (2, 3, 4)
     assert fs.picked_cell(event["selection"]) == (2, 3, 4)
     # Plotly's binary customdata is a typed array in the browser: Streamlit sends it as {"0": ..., "1": ...}.

@@ -24,7 +24,8 @@ AppTest = st_testing.AppTest
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
-INDICES, BIAS, ATTENTION = "pages/1_position_indices.py", "pages/2_bias_explorer.py", "pages/3_attention_maps.py"
+INDICES, BIAS = "pages/1_position_indices.py", "pages/2_bias_explorer.py"
+ATTENTION = "pages/3_attention_maps.py"
 
 
 def page(path: str, **params: str) -> AppTest:
@@ -72,7 +73,8 @@ def test_the_query_is_shared_by_the_pages_and_clamped_to_each_grid(runs_root):
     at.switch_page(BIAS).run()  # 7x7: the choice itself, token 5 * 7 + 6
     assert_clean(at, "bias explorer")
     assert slider(at, "be_query") == 41
-    defaults |= {k: at.session_state[k] for k in ("be_kind", "be_preset", "be_alpha", "be_heads", "be_step", "be_h")}
+    bias_keys = ("be_kind", "be_preset", "be_alpha", "be_heads", "be_step", "be_h")
+    defaults |= {k: at.session_state[k] for k in bias_keys}
     at.switch_page(ATTENTION).run()
     assert_clean(at, "attention maps")
     w = int(at.slider(key="am_query").max + 1) ** 0.5  # the default preset's square grid
@@ -144,7 +146,8 @@ def test_clicks_set_the_query_the_pair_and_the_head(runs_root):
 
     at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert_clean(at, "callbacks")
-    # The index matrix's (row 7, column 2) on a 3-wide grid: query (2, 1), key (0, 2); the bar: key 4 of a row.
+    # The index matrix's (row 7, column 2) on a 3-wide grid: query (2, 1), key (0, 2); then the bar over
+    # key 4 of a sequence (a row): query (0, 4).
     assert at.session_state[interact.SEL_KEY] == (0, 2)
     assert at.session_state[interact.SEL_QUERY] == (0, 4)
     assert at.session_state[SEL_HEAD] == 3 and at.session_state["be_head"] == 3
@@ -157,7 +160,8 @@ def test_next_carries_the_shared_state(runs_root):
     at.session_state[interact.PRESENT] = True
     at.switch_page(INDICES).run()
     assert_clean(at, "indices")
-    links = {el.proto.label: el.proto for el in at.get("page_link") if el.proto.label in ("← Back", "Next →")}
+    links = {el.proto.label: el.proto for el in at.get("page_link")
+             if el.proto.label in ("← Back", "Next →")}
     assert set(links) == {"Next →"}  # the first lesson page has no "← Back"
     assert links["Next →"].page.endswith("bias_explorer") or "bias_explorer" in links["Next →"].page
     assert parse_qs(links["Next →"].query_string) == {"present": ["1"], "query": ["1,2"]}

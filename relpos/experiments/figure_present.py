@@ -35,7 +35,8 @@ def take_title(fig: go.Figure) -> str:
     return text or ""
 
 
-def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, max_height: int | None = 470) -> go.Figure:
+def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *,
+                     max_height: int | None = 470) -> go.Figure:
     """Raise every font of ``fig`` to at least ``font_px`` and fit it on a projector (in place).
 
     Args:
@@ -70,7 +71,7 @@ def presenter_layout(fig: go.Figure, font_px: int = PRESENTER_FONT_PX, *, max_he
         bar.tickfont.size = max(bar.tickfont.size or 0, font_px)
         bar.title.font.size = max(bar.title.font.size or 0, font_px)
     for tr in fig.data:
-        if hasattr(tr, "colorbar") and tr.colorbar is not None and getattr(tr, "showscale", None) is not False:
+        if getattr(tr, "colorbar", None) is not None and getattr(tr, "showscale", None) is not False:
             tr.colorbar.tickfont.size = max(tr.colorbar.tickfont.size or 0, font_px)
         if tr.type == "bar":  # numbers in heatmap cells keep their size: the cells do not grow
             tr.textfont.size = max(tr.textfont.size or 0, font_px - 2)

@@ -85,7 +85,8 @@ def _rewrite_template(template: str | None, n_fields: int) -> str:
     value = f"customdata[{PICK_FIELDS + n_fields}]"
     if template is None:
         return "(%{x}, %{y})<br>value = %{" + value + ":.4g}<extra></extra>"
-    out = re.sub(r"%\{customdata\[(\d+)\]", lambda m: f"%{{customdata[{int(m.group(1)) + PICK_FIELDS}]", template)
+    out = re.sub(r"%\{customdata\[(\d+)\]",
+                 lambda m: f"%{{customdata[{int(m.group(1)) + PICK_FIELDS}]", template)
     out = out.replace("%{customdata}", f"%{{customdata[{PICK_FIELDS}]}}")
     return out.replace("%{z", "%{" + value)
 
@@ -100,7 +101,8 @@ def _picker_trace(xs: np.ndarray, ys: np.ndarray, customdata: np.ndarray, templa
     )  # fmt: skip
 
 
-def add_cell_picker(fig: go.Figure, *, max_points: int = MAX_PICK_POINTS, note: str | None = None) -> go.Figure:
+def add_cell_picker(fig: go.Figure, *, max_points: int = MAX_PICK_POINTS,
+                    note: str | None = None) -> go.Figure:
     """Make every heatmap cell of ``fig`` clickable (in place; the figure is returned).
 
     Args:
@@ -142,11 +144,15 @@ def add_cell_picker(fig: go.Figure, *, max_points: int = MAX_PICK_POINTS, note: 
         if stride > 1:
             extras.append(f"(nearest clickable cell: every {stride}th per side)")
         if extras:
-            template = template.replace("<extra>", "<br>" + "<br>".join(extras) + "<extra>", 1) if "<extra>" in \
-                template else template + "<br>" + "<br>".join(extras)
+            lines = "<br>" + "<br>".join(extras)
+            if "<extra>" in template:
+                template = template.replace("<extra>", lines + "<extra>", 1)
+            else:
+                template += lines
         xs = _axis_values(tr.x, n_cols)[cc]
         ys = _axis_values(tr.y, n_rows)[rr]
-        fig.add_trace(_picker_trace(xs, ys, customdata, template, tr.xaxis or "x", tr.yaxis or "y", f"pick {k}"))
+        fig.add_trace(_picker_trace(xs, ys, customdata, template, tr.xaxis or "x", tr.yaxis or "y",
+                                    f"pick {k}"))
         tr.hoverinfo = "skip"
         tr.hovertemplate = None
     fig.update_layout(hoverdistance=-1, hovermode="closest")
@@ -280,12 +286,11 @@ def image_grid_figure(
     template = f"patch (y, x) = (%{{y}}, %{{x}}) · token %{{customdata[3]}}<br>{note}<extra></extra>"
     fig.add_trace(_picker_trace(xs.astype(np.float32), ys.astype(np.float32), customdata, template, "x", "y",
                                 "pick 0"))
-    lines = [{"type": "line", "xref": "x", "yref": "y", "x0": c - 0.5, "x1": c - 0.5, "y0": -0.5, "y1": h - 0.5}
-             for c in range(1, w)]
-    lines += [{"type": "line", "xref": "x", "yref": "y", "x0": -0.5, "x1": w - 0.5, "y0": r - 0.5, "y1": r - 0.5}
-              for r in range(1, h)]
-    for line in lines:
-        fig.add_shape(**line, line={"color": "rgba(255,255,255,0.45)", "width": 1})
+    ends = [(c - 0.5, c - 0.5, -0.5, h - 0.5) for c in range(1, w)]  # between columns
+    ends += [(-0.5, w - 0.5, r - 0.5, r - 0.5) for r in range(1, h)]  # between rows
+    for x0, x1, y0, y1 in ends:
+        fig.add_shape(type="line", xref="x", yref="y", x0=x0, x1=x1, y0=y0, y1=y1,
+                      line={"color": "rgba(255,255,255,0.45)", "width": 1})
     if selected is not None:
         y, x = selected
         if not (0 <= y < h and 0 <= x < w):
@@ -295,7 +300,8 @@ def image_grid_figure(
     scale = size_px / max(h, w)
     fig.update_layout(
         title={"text": title, "x": 0.02} if title else None, width=int(w * scale) + 40,
-        height=int(h * scale) + (70 if title else 30), margin={"l": 20, "r": 20, "t": 50 if title else 10, "b": 20},
+        height=int(h * scale) + (70 if title else 30),
+        margin={"l": 20, "r": 20, "t": 50 if title else 10, "b": 20},
         xaxis={"range": [-0.5, w - 0.5], "showticklabels": False, "showgrid": False, "zeroline": False},
         yaxis={"range": [h - 0.5, -0.5], "showticklabels": False, "showgrid": False, "zeroline": False,
                "scaleanchor": "x", "scaleratio": 1},

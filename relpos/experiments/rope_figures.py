@@ -184,7 +184,8 @@ def mixed_frequencies_figure(learned: Any, initial: Any = None, *, title: str = 
             marker={"color": "#d62728", "size": 7},
             hovertemplate=tpl + f"<extra>head {h}{', after' if fi is not None else ''}</extra>"))
     layout["title"] = {"text": core.full_title(title, [f"{heads} heads × {pairs} pairs"]), "x": 0.02}
-    layout["legend"] = {"orientation": "h", "y": -0.12 if len(refs) <= 4 else -0.06}
-    layout["margin"]["b"] = 96
-    layout["height"] += 40
+    # Below the axis titles, whatever the figure's height: anchored to the container's bottom edge.
+    layout["legend"] = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0}
+    layout["margin"]["b"] = 100
+    layout["height"] += 44
     return go.Figure(data=traces, layout=layout)

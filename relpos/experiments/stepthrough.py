@@ -115,8 +115,8 @@ def step_through(
         the same five numbers for the class-token key (its weight is the share the maps leave out).
     """
     grid, _n, row, cls, logits = _setup(bias_type, size, query, seed, content_scale)
-    rpb = presets.make_bias(bias_type, size, num_heads, init_std=init_std, seed=seed, preset=preset, alpha=alpha,
-                            **dict(options or {}))
+    rpb = presets.make_bias(bias_type, size, num_heads, init_std=init_std, seed=seed, preset=preset,
+                            alpha=alpha, **dict(options or {}))
     bias = presets.bias_arrays(rpb, head=head)["bias"][0, row]  # (N,)
     steps = formula_row(logits, bias)  # (N,) each
     out: dict[str, Any] = {"grid": grid, "query": int(query), "query_yx": divmod(int(query), grid[1])}

@@ -56,13 +56,15 @@ def _panel(values: np.ndarray, k: int, step: int, refs: tuple[str, str], one_d: 
         y = values.reshape(-1) if shown else np.zeros(values.size, np.float32)
         return go.Bar(
             x=np.arange(values.size), y=y, xaxis=xr, yaxis=yr, name=PANEL_TITLES[k], showlegend=False,
-            marker={"color": "#f58518" if k == 3 else "#4c78a8"}, hovertemplate=f"key j = %{{x}}<br>value = %{{y:{fmt}}}<extra></extra>",
+            marker={"color": "#f58518" if k == 3 else "#4c78a8"},
+            hovertemplate=f"key j = %{{x}}<br>value = %{{y:{fmt}}}<extra></extra>",
         )  # fmt: skip
     z = values if shown else np.full(values.shape, np.nan, np.float32)
     return go.Heatmap(
         z=z, coloraxis=axis, xaxis=xr, yaxis=yr, name=PANEL_TITLES[k],
         texttemplate=f"%{{z:{fmt}}}" if text and shown else None, textfont={"size": 10},
-        hovertemplate=f"key at (y, x) = (%{{y}}, %{{x}})<br>value = %{{z:{fmt}}}<extra>{PANEL_TITLES[k]}</extra>",
+        hovertemplate=f"key at (y, x) = (%{{y}}, %{{x}})<br>value = %{{z:{fmt}}}"
+                      f"<extra>{PANEL_TITLES[k]}</extra>",
     )  # fmt: skip
 
 
@@ -93,7 +95,8 @@ def step_through_figure(
     one_d = h == 1
     maps = [np.asarray(steps[k], dtype=np.float32).reshape(h, w) for k in _KEYS]  # 4 x (h, w)
     if title is None:
-        title = f"softmax(QKᵀ/√d + B) for one query: i = {steps['query']}" + ("" if one_d else f" at (y, x) = ({qy}, {qx})")
+        where = "" if one_d else f" at (y, x) = ({qy}, {qx})"
+        title = f"softmax(QKᵀ/√d + B) for one query: i = {steps['query']}{where}"
     titles = [t if step >= s else f"{t} (step {s})" for t, s in zip(PANEL_TITLES, _PANEL_STEP)]
     if one_d:
         layout, refs = core.grid_layout(titles, cols=2, square=False, reverse_y=False, x_title="key j",
@@ -112,7 +115,7 @@ def step_through_figure(
         for k in range(4):
             yname = "yaxis" if k == 0 else f"yaxis{k + 1}"
             layout[yname]["range"] = [0.0, wmax * 1.05] if k == 3 else [lo, hi]
-    else:  # two horizontal colorbars under the panels: one under the three logit panels, one under the softmax
+    else:  # two horizontal colorbars under the panels: one under the three logit panels, one under softmax
         below = _Below(layout)
         y = below.take(_COLORBAR_PX)
         x_logit = (layout["xaxis"]["domain"][0] + layout["xaxis3"]["domain"][1]) / 2
@@ -153,8 +156,8 @@ def _add_alpha_frames(fig: go.Figure, sweep: Mapping[str, Any], one_d: bool, tex
     below.finish()
     fig.update_layout(
         updatemenus=[{
-            "type": "buttons", "direction": "left", "x": 0.0, "y": y_buttons, "xanchor": "left", "yanchor": "top",
-            "showactive": False,
+            "type": "buttons", "direction": "left", "x": 0.0, "y": y_buttons, "xanchor": "left",
+            "yanchor": "top", "showactive": False,
             "buttons": [{"label": "▶ play α 0 → 5", "method": "animate", "args": [None, play]},
                         {"label": "❚❚ pause", "method": "animate",
                          "args": [[None], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}]}],

@@ -178,7 +178,8 @@ def fit(
         except (ConfigError, CheckpointError) as exc:  # refused before training: the message says it all
             if dd.is_main:
                 logger.error("not trained: %s", exc)
-                if (read_status(run_path) or {}).get("state") in runqueue.ACTIVE_STATES:
+                state = (read_status(run_path) or {}).get("state")
+                if isinstance(state, str) and state in runqueue.ACTIVE_STATES:
                     update_status(run_path, state="failed", error=f"{type(exc).__name__}: {exc}", pid=os.getpid())
             raise
         except BaseException as exc:
