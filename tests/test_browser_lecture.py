@@ -93,6 +93,12 @@ def selected(pg) -> str:
     return pg.get_by_text(re.compile(r"^Selected query")).first.inner_text()
 
 
+def sidebar_right(pg) -> float:
+    """Where the sidebar ends on screen (0 or less: collapsed)."""
+    box = pg.locator("[data-testid='stSidebar']").bounding_box()
+    return box["x"] + box["width"]
+
+
 def slider_value(pg, label: str) -> str:
     """The value a slider shows over its thumb."""
     box = pg.get_by_test_id("stSlider").filter(has_text=label)
@@ -163,7 +169,6 @@ LAYOUT_JS = """() => {
   const sidebar = document.querySelector('[data-testid="stSidebar"]');
   const first = document.querySelector('.js-plotly-plot');
   return {vw, vh, scrollW: document.documentElement.scrollWidth, wide: wide.slice(0, 8), cut,
-          sidebar: sidebar ? sidebar.getAttribute('aria-expanded') : null,
           sidebarRight: sidebar ? sidebar.getBoundingClientRect().right : 0,
           firstChartTop: first ? first.getBoundingClientRect().top : null};
 }"""
@@ -180,7 +185,7 @@ def test_presenter_mode_fits_a_projector(server, browser, path, size):
         assert_no_exception(pg, f"{path} presenting")
         info = pg.evaluate(LAYOUT_JS)
         shot(pg, f"presenter_{path}_{size}")
-        assert info["sidebar"] != "true" and info["sidebarRight"] <= 1, info  # collapsed
+        assert info["sidebarRight"] <= 1, info  # collapsed
         assert info["scrollW"] <= info["vw"] and not info["wide"], info  # nothing wider than the window
         assert not info["cut"], info  # no chart title or label outside its chart
         assert info["firstChartTop"] is not None and info["firstChartTop"] < info["vh"] - 80, info
@@ -197,11 +202,24 @@ def test_a_deep_link_opens_the_prepared_view(server, browser):
         assert slider_value(pg, "Strength α") == "3.50"
         assert slider_value(pg, "Query token") == "12"
         assert pg.get_by_text("relative position bias is a small table").count() == 0  # prose hidden
-        assert pg.locator("[data-testid='stSidebar']").get_attribute("aria-expanded") != "true"
+        assert sidebar_right(pg) <= 1  # collapsed
         assert re.search(r"query=1(%2C|,)5", pg.url), pg.url
         assert "alpha=3.5" in pg.url and "present=1" in pg.url, pg.url
         assert_no_exception(pg, "deep link")
         shot(pg, "deep_link")
+    finally:
+        context.close()
+
+
+def test_the_switch_turns_presenter_mode_on(server, browser):
+    context, pg = open_page(browser, f"{server['url']}/position_indices")
+    try:
+        assert sidebar_right(pg) > 100 and pg.get_by_text("row light up the window").count() == 1
+        pg.get_by_text("Presenter mode", exact=True).click()
+        wait_idle(pg, settle_ms=1500)
+        assert sidebar_right(pg) <= 1, "the sidebar closes"
+        assert pg.get_by_text("row light up the window").count() == 0  # the prose goes
+        assert "present=1" in pg.url, pg.url
     finally:
         context.close()
 
