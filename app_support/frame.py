@@ -20,7 +20,7 @@ from typing import NamedTuple
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from app_support import interact, state, ui
+from app_support import interact, links, state, ui
 from relpos import captions, jobs
 from relpos.diagnostics import model_summary
 
@@ -82,7 +82,7 @@ def page_frame(title: str, icon: str, heading: str | None = None) -> tuple[str |
         The shared ``(source, layer, head)``: the current model source (``None`` when there is no
         model to choose), and the layer and head every page shows.
     """
-    interact.sync_query_params(title)  # a link's ?model=...&query=...&present=1 first: it may collapse the sidebar
+    links.sync_query_params(title)  # a link's ?model=..&present=1 first: it may collapse the sidebar
     st.set_page_config(page_title=f"{title} · relpos", page_icon=icon, layout="wide",
                        initial_sidebar_state="collapsed" if interact.presenting() else "auto")
     interact.presenter_css()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_support import interact, state, ui
+from app_support import interact, links, state, ui
 from app_support.frame import page_frame
 from relpos import explore, geometry
 from relpos.experiments import figure_compare, figure_select
@@ -61,4 +61,4 @@ with ui.guard("draw the index", "choose a smaller window or sequence"):
         figure_select.mark_cells(row, [divmod(key_tok, grid[1])], color="white", dash="dash")
     ui.side_by_side((matrix, "pi_matrix", interact.on_pair("pi_matrix", grid[1])),
                     (row, "pi_query_map", interact.on_query("pi_query_map")), widths=[3, 2])
-interact.lesson_nav("pages/1_position_indices.py")
+links.lesson_nav("pages/1_position_indices.py")

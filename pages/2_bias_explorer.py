@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import interact, rope_ui, state, ui
+from app_support import interact, links, rope_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, diagnostics, explore, geometry, presets
 from relpos.experiments import figure_compare, figure_select, stepthrough, stepthrough_figure
@@ -37,7 +37,7 @@ with slots["kind"]:
     rotary = rope_ui.position_choice()  # a bias family (below) or a rotary embedding (app_support/rope_ui.py)
 if rotary:
     rope_ui.bias_explorer(slots)
-    interact.lesson_nav("pages/2_bias_explorer.py")
+    links.lesson_nav("pages/2_bias_explorer.py")
     st.stop()
 with slots["kind"]:
     kind = st.selectbox("Relative bias family", explore.EXPLORE_BIAS_TYPES,
@@ -186,4 +186,4 @@ with ui.guard("compute the bias", "choose a smaller window, fewer heads, or anot
             for attn, what in ((with_full, "with"), (without_full, "without"))]
     figure_compare.share_color_axis([f for f, _ in full], per_panel=per_panel)
     ui.side_by_side(*full)
-interact.lesson_nav("pages/2_bias_explorer.py")
+links.lesson_nav("pages/2_bias_explorer.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import interact, rope_ui, state, ui
+from app_support import interact, links, rope_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, diagnostics, explore, geometry, presets
 from relpos.experiments import figure_compare, figure_select
@@ -152,4 +152,4 @@ with ui.guard("compute the attention maps",
     if summary["rotary"]:  # RoPE has no table: its position kernel stands in for one
         st.subheader(f"The rotation's position kernel · layer {layer}")
         rope_ui.model_kernel(source, table, float(alpha), sample, upload, layer, head, key="am_rope")
-interact.lesson_nav("pages/3_attention_maps.py")
+links.lesson_nav("pages/3_attention_maps.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import interact, runs_ui, state, ui
+from app_support import links, runs_ui, state, ui
 from app_support.frame import page_frame
 from relpos import captions, explore, jobs
 from relpos.experiments import figure_compare, leaderboard, rundir, run_table
@@ -184,4 +184,4 @@ except OSError:  # an unreadable runs folder: the runs section says so
     any_active = False
 st.session_state["tr_polling"] = any_active
 st.fragment(runs_section, run_every=RUN_EVERY_S if any_active else None)()
-interact.lesson_nav("pages/4_train.py")  # "← Back" / "Next →" along the lesson
+links.lesson_nav("pages/4_train.py")  # "← Back" / "Next →" along the lesson

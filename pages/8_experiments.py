@@ -55,7 +55,7 @@ with ui.guard("prepare the sweep", "check the sweep file, the values you typed, 
         st.session_state[PENDING] = str(folder)
         st.toast(f"Queued sweep {folder.name}")
     if c2.button("Prepare a lesson", key="ex_lesson", icon=":material/school:",
-                 help="Queue the demo set (relative, absolute, none, one run of each family: configs/sweeps/"
+                 help="Queue the demo set (relative, absolute, none, one run of every other scheme: configs/sweeps/"
                  "lesson.yaml) so the class never waits; again later re-queues only what is missing."):
         st.session_state[PENDING] = str(leaderboard.prepare_lesson(ROOT))
         st.toast("Lesson queued")

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 import streamlit as st
 
-from app_support import interact, labs_ui, state, ui
+from app_support import labs_ui, links, state, ui
 from app_support.frame import page_frame
 from relpos.experiments import lab_views, leaderboard
 
@@ -65,4 +65,4 @@ def results(kind: str, chosen: list[str]) -> None:
 if chosen:
     st.session_state["lb_polling"] = polling
     st.fragment(results, run_every=RUN_EVERY_S if polling else None)(kind, chosen)
-interact.lesson_nav("pages/9_labs.py")  # "← Back" / "Next →" along the lesson
+links.lesson_nav("pages/9_labs.py")  # "← Back" / "Next →" along the lesson

@@ -58,6 +58,7 @@ __all__ = [
     "ROTARY_MODES",
     "RotaryPositionEmbedding",
     "apply_rotary",
+    "apply_rotary_complex",
     "axial_bands",
     "content_directions",
     "estimate_rotary_memory",
@@ -86,6 +87,22 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate ``x (..., N, D)`` by ``cos, sin`` (broadcastable, e.g. ``(N, D)`` or ``(H, N, D)``, each
     value repeated for both channels of a pair); the result has ``x``'s dtype."""
     out = x * cos + rotate_pairs(x) * sin
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def apply_rotary_complex(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` as one complex product (LLaMA's ``apply_rotary_emb``), for float32/float64.
+
+    Pair ``(x[2k], x[2k+1])`` is the complex number ``x[2k] + i x[2k+1]``, multiplied by
+    ``cis = cos + i sin`` of shape ``(N, D/2)`` or ``(H, N, D/2)``: the same two products per channel,
+    in one pass over ``x`` (measured 2-10x faster than the real form's five; benchmarks/rope_bench.py).
+    ``x`` may be a strided view (e.g. ``q`` split from ``qkv``); the result is ``x``'s dtype.
+    """
+    pairs = x.unflatten(-1, (-1, 2))  # (..., N, P, 2), a view
+    if x.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # view_as_complex needs even strides and offset
+    z = torch.view_as_complex(pairs)  # (..., N, P)
+    out = torch.view_as_real(z * cis.to(z.dtype)).flatten(-2)  # (..., N, D)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -370,18 +387,21 @@ class RotaryPositionEmbedding(nn.Module):
         first, second = torch.cat([b, zero], dim=-1), torch.cat([zero, b], dim=-1)  # (1, P) each
         return (first, second) if self.grid_indexing == "ij" else (second, first)
 
-    def _cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)`` of shape ``(H', N, D)`` in float32 (or the frequencies' wider dtype)."""
+    def _phase(self) -> torch.Tensor:
+        """``(H', n, P)`` angles of the grid tokens, float32 (or the frequencies' wider dtype)."""
         dtype = torch.promote_types(self.freqs.dtype, torch.float32) if self.is_learned else torch.float32
         coords = self.grid_coords.to(dtype)  # (n, 2) or (n, 1)
         omegas = self.pair_frequencies(dtype)
         if self.mode == "1d":
-            phase = coords[None, :, 0:1] * omegas[0][:, None, :]  # (1, L, P)
-        else:
-            w_y, w_x = omegas
-            # x first, then y: the order of timm's get_mixed_freqs (the sum of two rounded products).
-            x, y = coords[None, :, 1:2], coords[None, :, 0:1]  # (1, n, 1) each
-            phase = x * w_x[:, None, :] + y * w_y[:, None, :]  # (H', n, P)
+            return coords[None, :, 0:1] * omegas[0][:, None, :]  # (1, L, P)
+        w_y, w_x = omegas
+        # x first, then y: the order of timm's get_mixed_freqs (the sum of two rounded products).
+        x, y = coords[None, :, 1:2], coords[None, :, 0:1]  # (1, n, 1) each
+        return x * w_x[:, None, :] + y * w_y[:, None, :]  # (H', n, P)
+
+    def _cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` of shape ``(H', N, D)`` in float32 (or the frequencies' wider dtype)."""
+        phase = self._phase()  # (H', n, P)
         cos = phase.cos().repeat_interleave(2, dim=-1)  # (H', n, D)
         sin = phase.sin().repeat_interleave(2, dim=-1)  # (H', n, D)
         if self.num_prefix_tokens:
@@ -446,9 +466,31 @@ class RotaryPositionEmbedding(nn.Module):
                 f"q has {h} heads, but mode='mixed' learned frequencies for num_heads={self.num_heads}"
             )
 
+    def cis(self) -> torch.Tensor:
+        """``cos + i sin`` per channel pair: complex ``(N, P)`` (fixed modes) or ``(H, N, P)`` ("mixed").
+
+        From the (eval-cached) :meth:`cos_sin`; "mixed" with a graph (training) builds it from the
+        ``(H, n, P)`` angles directly, skipping the ``(H, N, D)`` expansion ``cos_sin`` makes.
+        """
+        if self.is_learned and (self.training or (torch.is_grad_enabled() and self.freqs.requires_grad)):
+            self._cache = None
+            phase = self._phase()  # (H, n, P)
+            cis = torch.complex(phase.cos(), phase.sin())  # (H, n, P): cos_sin's values, bit for bit
+            pad = cis.new_ones(cis.shape[0], self.num_prefix_tokens, cis.shape[-1])
+            return torch.cat([pad, cis], dim=1) if self.num_prefix_tokens else cis  # (H, N, P)
+        cos, sin = self.cos_sin()  # (N, D) or (H, N, D)
+        return torch.complex(cos[..., 0::2], sin[..., 0::2])  # (N, P) or (H, N, P)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``q`` and ``k`` of shape ``(B, H, N, D)``; returns both, same shapes and dtypes."""
+        """Rotate ``q`` and ``k`` of shape ``(B, H, N, D)``; returns both, same shapes and dtypes.
+
+        float32/float64: one complex product per tensor (:func:`apply_rotary_complex`); other dtypes
+        (bf16/fp16 under autocast, which have no complex type here): :func:`apply_rotary`.
+        """
         self._check_qk(q, k)
+        if q.dtype in (torch.float32, torch.float64) and k.dtype == q.dtype:
+            cis = self.cis()  # (N, P) or (H, N, P), broadcast over B (and H)
+            return apply_rotary_complex(q, cis), apply_rotary_complex(k, cis)
         cos, sin = self.cos_sin()  # (N, D) or (H, N, D), broadcast over B (and H)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 

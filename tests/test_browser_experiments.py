@@ -50,6 +50,19 @@ def wait_text(pg, text: str, timeout_s: float) -> None:
         pg.wait_for_timeout(500)
 
 
+def settled_count(pg, test_id: str, timeout_s: float = 60) -> int:
+    """How many elements with this test id the page shows once that number stops changing (1 s)."""
+    deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = pg.get_by_test_id(test_id).count()
+        if count != last:
+            last, since = count, time.monotonic()
+        elif count and time.monotonic() - since >= 1.0:
+            return count
+        pg.wait_for_timeout(200)
+    return last
+
+
 def test_queue_a_small_sweep_and_watch_its_leaderboard_fill_in(server, page):
     page.goto(f"{server['url']}/experiments")
     wait_idle(page)
@@ -80,9 +93,9 @@ def test_queue_a_small_sweep_and_watch_its_leaderboard_fill_in(server, page):
     wait_idle(page)
     assert_no_exception(page, "train")
     assert page.get_by_text("model.scheme=2d", exact=True).count() == 1  # the tiny preset's scheme, named
-    inputs = page.get_by_test_id("stNumberInput").count()  # 2d: no family option
+    inputs = settled_count(page, "stNumberInput")  # the form's; 2d has no family option
     page.get_by_test_id("stSelectbox").filter(has_text="Added to the attention logits").click()
     page.get_by_role("option", name="T5 buckets", exact=True).click()
     wait_idle(page)
-    assert page.get_by_test_id("stNumberInput").count() == inputs + 2  # t5's two options follow the choice
+    assert settled_count(page, "stNumberInput") == inputs + 2  # t5's two options follow the choice
     shot(page, "4_train_schemes")

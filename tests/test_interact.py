@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 import pytest
 import torch
 
-from app_support import interact
-from app_support.state import SEL_HEAD, SEL_HEADS
+from app_support import interact, links
+from app_support.state import SEL_HEAD, SEL_HEADS, SEL_LAYER, SEL_SOURCE
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -63,6 +63,18 @@ def test_a_link_fills_the_state_the_sliders_and_writes_itself_back(runs_root):
     assert [t.value for t in at.toast] and "query" in at.toast[0].value
 
 
+def test_a_link_names_the_model_by_preset_and_layer_head(runs_root):
+    at = page(ATTENTION, model="digits", layer="1", head="2").run()
+    assert_clean(at, "attention maps from a link")
+    assert at.session_state[SEL_SOURCE] == "preset:digits"
+    assert (at.session_state[SEL_LAYER], at.session_state[SEL_HEAD]) == (1, 2)
+    assert at.query_params == {"model": "digits", "layer": "1", "head": "2"}
+    at = page(ATTENTION, model="no-such-run").run()
+    assert_clean(at, "an unknown model")
+    assert at.session_state[SEL_SOURCE] == "preset:default"  # the first choice, and a toast says why
+    assert "model" in at.toast[0].value and "model" not in at.query_params
+
+
 def test_the_query_is_shared_by_the_pages_and_clamped_to_each_grid(runs_root):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     at.session_state[interact.SEL_QUERY] = (5, 6)
@@ -81,7 +93,7 @@ def test_the_query_is_shared_by_the_pages_and_clamped_to_each_grid(runs_root):
     assert slider(at, "am_query") == min(5, w - 1) * w + min(6, w - 1)
     defaults |= {k: at.session_state[k] for k in ("am_table", "am_alpha", "am_sample")}
     # The link parameters leave out exactly these widgets' defaults.
-    params = {k: p for title in interact.PAGE_PARAMS for p in interact.PAGE_PARAMS[title] for k in p.keys}
+    params = {k: p for title in links.PAGE_PARAMS for p in links.PAGE_PARAMS[title] for k in p.keys}
     for key, value in defaults.items():
         default = params[key].default
         assert (value if params[key].kind != "window" else (value, value)) == (
@@ -160,9 +172,9 @@ def test_next_carries_the_shared_state(runs_root):
     at.session_state[interact.PRESENT] = True
     at.switch_page(INDICES).run()
     assert_clean(at, "indices")
-    links = {el.proto.label: el.proto for el in at.get("page_link")
+    nav = {el.proto.label: el.proto for el in at.get("page_link")
              if el.proto.label in ("← Back", "Next →")}
-    assert set(links) == {"Next →"}  # the first lesson page has no "← Back"
-    assert links["Next →"].page.endswith("bias_explorer") or "bias_explorer" in links["Next →"].page
-    assert parse_qs(links["Next →"].query_string) == {"present": ["1"], "query": ["1,2"]}
-    assert interact.LESSON[0] == INDICES and interact.LESSON[-1] == "pages/9_labs.py"
+    assert set(nav) == {"Next →"}  # the first lesson page has no "← Back"
+    assert nav["Next →"].page.endswith("bias_explorer") or "bias_explorer" in nav["Next →"].page
+    assert parse_qs(nav["Next →"].query_string) == {"present": ["1"], "query": ["1,2"]}
+    assert links.LESSON[0] == INDICES and links.LESSON[-1] == "pages/9_labs.py"

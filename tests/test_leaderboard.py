@@ -102,7 +102,8 @@ def test_queue_a_built_sweep_and_prepare_the_lesson_twice(busy_root):
     lesson = lb.prepare_lesson(busy_root)
     assert lesson == lb.sweeps_root(busy_root) / lb.LESSON_DIR
     state = lb.lesson_state(busy_root)
-    assert (state["total"], state["done"], state["active"], state["failed"]) == (8, 0, 8, 0)
+    n = len(load_config(REPO / "configs" / "sweeps" / "lesson.yaml")["grid"]["model.scheme"])
+    assert (state["total"], state["done"], state["active"], state["failed"]) == (n, 0, n, 0)
     before = runqueue.run_dirs(busy_root)
     assert lb.prepare_lesson(busy_root) == lesson and runqueue.run_dirs(busy_root) == before  # nothing new
 

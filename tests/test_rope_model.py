@@ -18,7 +18,7 @@ from relpos.attention import _choose_kernel, collect_attention_maps
 from relpos.experiments.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
 from relpos.experiments.config import ConfigError, apply_overrides, build_model, model_kwargs, resolve_config
 from relpos.guards import estimate_model_memory
-from relpos.rotary import estimate_rotary_memory, resolve_rope_kwargs
+from relpos.rotary import apply_rotary, estimate_rotary_memory, resolve_rope_kwargs
 
 IMG, PATCH, GRID = 16, 4, (4, 4)
 
@@ -345,3 +345,23 @@ def test_memory_estimate_counts_one_rotary_module_per_block():
     assert with_abs.breakdown["parameters"] - plain.breakdown["parameters"] == 16 * 32 * 4  # (1, N, C) floats
     train = estimate_model_memory(**kw, position_embedding="rope_axial", batch_size=8, training=True)
     assert train.breakdown["rotated queries and keys"] == 3 * 4 * 8 * 17 * 32 * 4
+
+
+@pytest.mark.parametrize("mode", ["axial", "mixed"])
+def test_complex_rotation_equals_the_real_form_values_and_gradients(mode):
+    rope = RotaryPositionEmbedding(16, (3, 4), mode, num_heads=2, num_prefix_tokens=1).train()
+    qkv = torch.randn(2, 13, 3, 2, 16).permute(2, 0, 3, 1, 4)  # q, k: strided views, as in the attention
+    q, k = (t.detach().requires_grad_() for t in qkv[:2])
+    rq, rk = rope(q, k)  # float32: apply_rotary_complex
+    cos, sin = rope.cos_sin()
+    torch.testing.assert_close(rq, apply_rotary(q, cos, sin), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(rk, apply_rotary(k, cos, sin), atol=1e-6, rtol=1e-6)
+    w = torch.randn_like(rq)
+    grads = torch.autograd.grad((rq * w).sum() + rk.sum(), [q, k, *rope.parameters()])
+    ref = torch.autograd.grad((apply_rotary(q, cos, sin) * w).sum() + apply_rotary(k, cos, sin).sum(),
+                              [q, k, *rope.parameters()])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    half = rope(q.detach().bfloat16(), k.detach().bfloat16())[0]  # no complex bf16: the real form
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), rq.detach(), atol=0.05, rtol=0.02)
