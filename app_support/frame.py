@@ -91,8 +91,9 @@ def page_frame(title: str, icon: str, heading: str | None = None) -> tuple[str |
     with st.sidebar:
         navigation()
         st.divider()
-        interact.presenter_toggle()
         model_picker()
+        st.divider()
+        interact.presenter_toggle()  # last: the pickers keep their places
     st.title(heading or title)
     return state.shared()
 

@@ -9,6 +9,10 @@ Every ``st.cache_*`` of the app is here, one loader per resource kind. Models ar
 preset works on a copy); derived arrays are cached with ``st.cache_data`` keyed by paths and numbers
 (tensors are not hashable). The public loaders take a model *source* (``preset:<name>`` or
 ``ckpt:<path>``) and add its modification time to the key themselves, so a rewritten file is read again.
+
+About 490 lines, over the usual 400: the design keeps every ``st.cache_*`` loader of the app in this
+one module (one place to see what is cached and by which key); each loader is a few lines over a
+library call.
 """
 
 from __future__ import annotations

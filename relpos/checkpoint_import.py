@@ -29,6 +29,9 @@ model's. The window is inferred from ``T = (2h-1)(2w-1)`` (square, or from a sav
 rows meaning BEiT's class-token rows. Which relpos bias takes what is read from the family flags
 (:data:`relpos.families.FAMILIES`): a learned 2D table takes a table (keeping or dropping the
 class-token rows as its ``extra_rows`` say), a bias with a ``cpb_mlp`` takes a Swin V2 MLP.
+
+About 540 lines, over the usual 400: reading, recognising and fitting foreign tables is one
+pipeline (load -> inspect -> import_into) whose steps share the key patterns above.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ allocation:
 :func:`check_budget` raises :class:`ResourceLimitError` (a ``ValueError``) whose message gives the
 estimate, its largest parts and the limit. The budget is ``RELPOS_MEMORY_BUDGET_MB`` (default
 2048 MB), or what :func:`set_memory_budget` / the :func:`memory_budget` context manager set.
+
+About 450 lines, over the usual 400: every estimator (bias, rotary, attention maps, model, config)
+and the one budget they are checked against are one concept; split, each would re-derive the shapes.
 """
 
 from __future__ import annotations

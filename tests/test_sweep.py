@@ -21,7 +21,7 @@ import pytest
 from relpos.experiments import rundir, runproc, runqueue
 from relpos.experiments import sweep as sw
 from relpos.experiments.sweep_results import member_row, summary_rows
-from relpos.families import FAMILIES
+from relpos.families import FAMILIES, ROTARY_EMBEDDINGS
 
 from support import install_fake_trainer, kill_runs
 
@@ -277,7 +277,8 @@ def test_shipped_specs_resolve(name):
     members = sw.expand(spec)
     sw.resolve_members(spec, members)
     if name == "families":
-        assert spec["grid"]["model.scheme"] == ["none", "absolute", *FAMILIES] and spec["seeds"] == [0, 1, 2]
+        schemes = ["none", "absolute", *FAMILIES, *ROTARY_EMBEDDINGS]  # the rotary ones alone, last
+        assert spec["grid"]["model.scheme"] == schemes and spec["seeds"] == [0, 1, 2]
     if name == "ablation":
         assert spec["grid"]["model.scheme"] == ["none", "absolute", "2d", "absolute+2d"]
 

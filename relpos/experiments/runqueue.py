@@ -32,6 +32,9 @@ Only the launcher writes ``status.json`` before the trainer starts, and never af
 owns it from then on, so no write of one is lost to the other). The trainer's first write
 (:func:`begin_run`) and a cancel's write both take the lock, so a cancel that lands before the
 trainer's first write stops it instead of being overwritten by its "running".
+
+About 445 lines, over the usual 400: the queue's invariants (one lock, FIFO, who advances) are
+kept in one file so that every writer of a queued run's state is visible together.
 """
 
 from __future__ import annotations
