@@ -127,7 +127,8 @@ def transfer_model(model: nn.Module, new_grid: tuple[int, int] | int, method: st
     old = tuple(model.grid_size)
     notes: list[str] = []
     for name, m in _biases(model):
-        if m.bias_type == "cpb" and m.pretrained_window_size is None:
+        # A family with a pretraining window (Swin V2's cpb) is re-queried with it held.
+        if "pretrained_window_size" in m.family.options and m.pretrained_window_size is None:
             # Swin V2 / timm: normalize the new offsets by the window the MLP was trained at.
             m.pretrained_window_size = m.window_size
             notes.append(f"{name}: cpb re-queried with the training window {m.window_size} held "
@@ -158,7 +159,7 @@ def scheme_label(model: nn.Module, scheme: str, method: str) -> str:
     model has more than one (:func:`methods_for`), so a scheme with one rule keeps its plain name.
     """
     label = scheme
-    coords = sorted({m.cpb_coords for _, m in _biases(model) if m.bias_type == "cpb"})
+    coords = sorted({m.cpb_coords for _, m in _biases(model) if "cpb_coords" in m.family.options})
     if coords:
         label += "/" + "+".join(coords)
     if len(methods_for(model)) > 1:

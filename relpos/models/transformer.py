@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relpos._validation import check_bool, check_choice, check_float, check_int, check_window_size
+from relpos._validation import check_bool, check_float, check_int, check_window_size
 from relpos.attention import MultiHeadAttention, absolute_position_enabled
 from relpos.data.dataset import PatchEmbedding
 from relpos.families import POSITION_EMBEDDINGS, position_parts, resolve_bias_kwargs
