@@ -121,14 +121,18 @@ def _verdict(by: Mapping[str, Mapping[str, Any]], order: Sequence[str], paper: s
         return f"Too few of the paper's schemes ({', '.join(order)}) to compare the ordering with {paper}."
     pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
     results = {(a, b): _compare(by[a], by[b]) for a, b in pairs}
-    ours = " > ".join(sorted(present, key=lambda s: -by[s]["mean"]))
+    ranked = sorted(present, key=lambda s: -by[s]["mean"])
+    ours = " > ".join(ranked)
     against = [f"{b} ahead of {a} ({by[b]['mean']:.3f} vs {by[a]['mean']:.3f})"
                for (a, b), r in results.items() if r == "contradict"]
     close = [f"{a} and {b}" for (a, b), r in results.items() if r == "close"]
     if against:
         text = f"Contradicts {paper}: here {'; '.join(against)}, where the paper has the reverse."
-    else:
+    elif ranked == present:
         text = f"Same ordering as {paper}: {ours}."
+    else:  # our means are ordered otherwise, but only within the seeds' spread
+        text = (f"Not the ordering of {paper} by the means (here {ours}), but every pair out of the paper's "
+                "order is within one standard deviation, so these seeds do not contradict it.")
     if close:
         text += f" Too close to call with these seeds (within one standard deviation): {'; '.join(close)}."
     return text
