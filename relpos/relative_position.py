@@ -125,21 +125,8 @@ def get_relative_position_index_2d_cls(window_size: tuple[int, int]) -> torch.Te
 def t5_relative_position_bucket(
     relative_position: torch.Tensor, num_buckets: int = 32, max_distance: int = 128
 ) -> torch.Tensor:
-    """T5's bidirectional bucket of a relative position (``key_pos - query_pos``, "memory - context").
-
-    Half the buckets hold positive offsets (key after query). In each half, offsets below
-    ``max_exact = num_buckets // 4`` get a bucket each; larger ones share log-spaced buckets up to
-    ``max_distance``, beyond which all fall into the last bucket (as T5's
-    ``_relative_position_bucket(..., bidirectional=True)``).
-
-    Args:
-        relative_position: int tensor of any shape.
-        num_buckets: total buckets (>= 4).
-        max_distance: offset from which every offset shares the last bucket (> num_buckets // 4).
-
-    Returns:
-        int64 tensor of the same shape with values in ``[0, num_buckets - 1]``.
-    """
+    """T5's bidirectional bucket of ``key_pos - query_pos``: :func:`relpos.geometry.t5_bucket` (the
+    arithmetic and its documentation live there; this is the family's public name)."""
     return t5_bucket(relative_position, num_buckets, max_distance)  # the arithmetic: relpos.geometry
 
 
