@@ -162,4 +162,7 @@ def test_sigterm_saves_and_cancels(tmp_path):
     # and it resumes from there
     resumed = fit(_cfg("train.epochs=500", "data.num_train=512"), run, resume=True,
                   should_stop=lambda: True, log_to_stderr=False)
-    assert resumed["step"] == ck["step"] + 1
+    # one more step, unless the signal landed in the epoch's evaluation: then resuming finishes that
+    # evaluation first, and the stop request ends the run before the next step
+    pending = (ck.get("extra") or {}).get("eval_pending") is True
+    assert resumed["step"] == ck["step"] + (0 if pending else 1)
