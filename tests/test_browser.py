@@ -197,6 +197,11 @@ def assert_frame(pg, title: str, where: str) -> None:
     assert pg.locator("[data-testid='stDialog']").count() == 0, f"{where}: a dialog (e.g. 'Page not found') is open"
     assert pg.get_by_text("Page not found").count() == 0, where
     assert pg.locator("h1").first.inner_text().strip() == title, where
+    # The sidebar is drawn by the same script run but may reach the browser a moment after the main
+    # column (seen once on a loaded machine: 0 links right after the run went idle): wait for it.
+    deadline = time.monotonic() + 30
+    while pg.locator(NAV_LINK).count() < len(NAV) and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
     assert pg.locator(NAV_LINK).count() == len(NAV), where
     assert pg.get_by_test_id("stSelectbox").filter(has_text="Current model").count() == 1, where
 
