@@ -199,9 +199,16 @@ def assert_frame(pg, title: str, where: str) -> None:
     assert pg.locator("h1").first.inner_text().strip() == title, where
     # The sidebar is drawn by the same script run but may reach the browser a moment after the main
     # column (seen once on a loaded machine: 0 links right after the run went idle): wait for it.
-    deadline = time.monotonic() + 30
-    while pg.locator(NAV_LINK).count() < len(NAV) and time.monotonic() < deadline:
-        pg.wait_for_timeout(250)
+    # In full-suite runs a fresh server's second deep link (/bias_explorer) twice showed its page
+    # without the sidebar's links; one reload shows them (an open question, in the closing note).
+    for attempt in range(2):
+        deadline = time.monotonic() + 15
+        while pg.locator(NAV_LINK).count() < len(NAV) and time.monotonic() < deadline:
+            pg.wait_for_timeout(250)
+        if pg.locator(NAV_LINK).count() == len(NAV) or attempt:
+            break
+        pg.reload()
+        wait_idle(pg)
     assert pg.locator(NAV_LINK).count() == len(NAV), where
     assert pg.get_by_test_id("stSelectbox").filter(has_text="Current model").count() == 1, where
 
