@@ -199,18 +199,30 @@ def assert_frame(pg, title: str, where: str) -> None:
     assert pg.locator("h1").first.inner_text().strip() == title, where
     # The sidebar is drawn by the same script run but may reach the browser a moment after the main
     # column (seen once on a loaded machine: 0 links right after the run went idle): wait for it.
-    # In full-suite runs a fresh server's second deep link (/bias_explorer) twice showed its page
-    # without the sidebar's links; one reload shows them (an open question, in the closing note).
-    for attempt in range(2):
-        deadline = time.monotonic() + 15
-        while pg.locator(NAV_LINK).count() < len(NAV) and time.monotonic() < deadline:
-            pg.wait_for_timeout(250)
-        if pg.locator(NAV_LINK).count() == len(NAV) or attempt:
-            break
-        pg.reload()
-        wait_idle(pg)
-    assert pg.locator(NAV_LINK).count() == len(NAV), where
-    assert pg.get_by_test_id("stSelectbox").filter(has_text="Current model").count() == 1, where
+    deadline = time.monotonic() + 15
+    while not _frame_drawn(pg) and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
+    if not _frame_drawn(pg):
+        pytest.fail(f"{where}: the sidebar lacks its frame. {_describe(pg, where)}")
+
+
+def _frame_drawn(pg) -> bool:
+    return (pg.locator(NAV_LINK).count() == len(NAV)
+            and pg.get_by_test_id("stSelectbox").filter(has_text="Current model").count() == 1)
+
+
+def _describe(pg, where: str) -> str:
+    """What the page shows (for a failure message): links, picker, script state, sidebar text; and a
+    screenshot under tests/artifacts/."""
+    name = "failed_" + (where.strip("/").replace("/", "_") or "home")
+    with contextlib.suppress(Exception):
+        shot(pg, name)
+    sidebar = pg.locator("[data-testid='stSidebar']")
+    text = sidebar.first.inner_text()[:1500] if sidebar.count() else "(no sidebar)"
+    state = pg.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state")
+    return (f"links {pg.locator(NAV_LINK).count()} of {len(NAV)}, model picker "
+            f"{pg.get_by_test_id('stSelectbox').filter(has_text='Current model').count()}, script {state}, "
+            f"url {pg.url}; sidebar: {text!r}; screenshot tests/artifacts/{name}.png")
 
 
 def sidebar_choice(pg, label: str) -> str:

@@ -170,6 +170,11 @@ class _Dist:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"weights-rank{self.rank}.sha256").write_text(h.hexdigest())
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here (no-op with one process)."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -169,7 +169,12 @@ def fit(
             run_path.mkdir(parents=True, exist_ok=True)
             handlers = attach_run_log(logger, run_path, log_to_stderr)
         try:
-            return _fit(cfg, run_path, resume, dd, stop, should_stop, progress)
+            result = _fit(cfg, run_path, resume, dd, stop, should_stop, progress)
+            # Every rank finishes before any tears the group down: a rank that destroyed its gloo group
+            # while rank 0 still wrote the final status aborted ("terminate called without an active
+            # exception", seen once in a full test run). Not on failure: a peer may never arrive.
+            dd.barrier()
+            return result
         except KeyboardInterrupt:
             if dd.is_main:
                 logger.warning("interrupted (second Ctrl-C): stopping without a final checkpoint")
