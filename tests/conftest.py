@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from relpos import jobs
+from browser_support import launch_browser
 from support import kill_runs
 
 # The app's support package (app_support/, beside app.py) is not installed: the server finds it
@@ -45,3 +46,10 @@ def runs_root(tmp_path, monkeypatch):
     monkeypatch.setenv(jobs.RUNS_ROOT_ENV, str(root))
     yield root
     kill_runs(root)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test (each test opens its own contexts)."""
+    with launch_browser() as b:
+        yield b

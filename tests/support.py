@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import textwrap
 from pathlib import Path
 
 from relpos import jobs
@@ -51,3 +52,39 @@ def install_fake_trainer(tmp_path: Path, monkeypatch, source: str, module: str) 
     config = tmp_path / "cfg.yaml"
     config.write_text("name: fake\n")
     return config
+
+
+def sweep_trainer_source(module: str) -> str:
+    """A fake trainer for sweeps (install with :func:`install_fake_trainer` as ``module``): best
+    accuracy = 0.30 (none) / 0.80 (absolute) / 0.95 (2d) / 0.5 (any other scheme) + 0.01 * seed,
+    epoch lines at steps 10 and 20; the scheme named by ``FAKE_FAIL_SCHEME`` fails instead."""
+    return textwrap.dedent(
+        f"""
+        import argparse, os, time
+        from pathlib import Path
+        from relpos.experiments import rundir, runproc, runqueue
+
+        runproc.TRAIN_MODULE = {module!r}
+        BASE = {{"none": 0.30, "absolute": 0.80, "2d": 0.95}}
+        p = argparse.ArgumentParser()
+        p.add_argument("--config"); p.add_argument("--run-dir")
+        p.add_argument("--set", action="append", default=[])
+        a = p.parse_args()
+        run = Path(a.run_dir)
+        sets = dict(item.split("=", 1) for item in a.set)
+        scheme, seed = sets.get("model.scheme", "2d"), int(sets.get("seed", 0))
+        t0 = time.time()
+        rundir.update_status(run, state="running", pid=os.getpid(), started_at=t0, sets=a.set)
+        try:
+            if scheme == os.environ.get("FAKE_FAIL_SCHEME"):
+                rundir.update_status(run, state="failed", error="RuntimeError: boom\\ntraceback...")
+            else:
+                best = BASE.get(scheme, 0.5) + 0.01 * seed
+                for step, acc in ((10, best / 2), (20, best)):
+                    rundir.append_metrics(run, {{"kind": "epoch", "step": step, "eval_accuracy": acc}})
+                rundir.update_status(run, state="done", best_accuracy=best, started_at=t0,
+                                     finished_at=t0 + 2.5, params=1234)
+        finally:
+            runqueue.advance_after_run(run, None)
+        """
+    )

@@ -15,7 +15,6 @@ import math
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from relpos.experiments.config import fresh_model, resolve_config
 from relpos.experiments.config_utils import CONFIGS_DIR_ENV, configs_dir, load_config, save_config
 from relpos.families import SCHEMES
 
-from support import install_fake_trainer
+from support import install_fake_trainer, sweep_trainer_source
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -40,34 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 TIMEOUT = 120
 
-# Best accuracy = BASE[scheme] (0.5 for others) + 0.01 * seed; epoch lines at steps 10 and 20.
-FAKE_TRAINER = textwrap.dedent(
-    """
-    import argparse, os, time
-    from pathlib import Path
-    from relpos.experiments import rundir, runproc, runqueue
-
-    runproc.TRAIN_MODULE = "fake_app_train"
-    BASE = {"none": 0.30, "absolute": 0.80, "2d": 0.95}
-    p = argparse.ArgumentParser()
-    p.add_argument("--config"); p.add_argument("--run-dir")
-    p.add_argument("--set", action="append", default=[])
-    a = p.parse_args()
-    run = Path(a.run_dir)
-    sets = dict(item.split("=", 1) for item in a.set)
-    scheme, seed = sets.get("model.scheme", "2d"), int(sets.get("seed", 0))
-    t0 = time.time()
-    rundir.update_status(run, state="running", pid=os.getpid(), started_at=t0)
-    try:
-        best = BASE.get(scheme, 0.5) + 0.01 * seed
-        for step, acc in ((10, best / 2), (20, best)):
-            rundir.append_metrics(run, {"kind": "epoch", "step": step, "eval_accuracy": acc})
-        rundir.update_status(run, state="done", best_accuracy=best, started_at=t0, finished_at=t0 + 2.5,
-                             params=1234)
-    finally:
-        runqueue.advance_after_run(run, None)
-    """
-)
+FAKE_TRAINER = sweep_trainer_source("fake_app_train")
 
 
 @pytest.fixture

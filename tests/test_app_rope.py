@@ -20,7 +20,7 @@ from relpos.experiments.checkpoint import load_model_from_checkpoint
 from relpos.experiments.config import fresh_model, preset_config, resolve_config
 from relpos.experiments.train import fit
 from test_app import assert_clean, charts, decode, heatmap_z, new_app, open_page, saved_checkpoint
-from test_browser import CHROMIUM, CHROMIUM_ARGS, assert_no_exception, shot, streamlit_server, wait_charts, wait_idle
+from browser_support import assert_no_exception, new_page, shot, streamlit_server, wait_charts, wait_idle
 
 
 def scatters(fig: dict) -> list[dict]:
@@ -153,35 +153,31 @@ def test_checkpoints_show_a_fixed_rotations_kernel(runs_root):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_rope_pages_in_the_browser(tmp_path_factory):
+def test_rope_pages_in_the_browser(tmp_path_factory, browser):
     """The bias explorer in RoPE mode, then the Attention maps and Checkpoints pages with a RoPE-Mixed
     model (a saved fresh checkpoint, opened by a deep link): no exception, their charts, screenshots."""
     with streamlit_server(tmp_path_factory) as server:
         uploads = server["runs_root"] / jobs.UPLOADS_DIR
         uploads.mkdir()
         saved_checkpoint(uploads / "rope.pt", position_embedding="rope_mixed", use_relative_position=False)
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            try:
-                pg = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
-                pg.set_default_timeout(90_000)
-                pg.goto(f"{server['url']}/bias_explorer")
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        try:
+            pg = new_page(context)
+            pg.goto(f"{server['url']}/bias_explorer")
+            wait_idle(pg)
+            pg.get_by_text("rotary (RoPE)", exact=True).click()
+            wait_idle(pg)
+            assert_no_exception(pg, "bias explorer, rotary")
+            assert wait_charts(pg, 6) >= 6
+            assert pg.get_by_text("RoPE has no table", exact=False).count() >= 1
+            shot(pg, "2_bias_explorer_rope")
+            for path, name, charts_at_least in (("attention_maps", "3_attention_maps_rope", 4),
+                                                ("checkpoints", "5_checkpoints_rope", 2)):
+                pg.goto(f"{server['url']}/{path}?model=uploads/rope.pt")
                 wait_idle(pg)
-                pg.get_by_text("rotary (RoPE)", exact=True).click()
-                wait_idle(pg)
-                assert_no_exception(pg, "bias explorer, rotary")
-                assert wait_charts(pg, 6) >= 6
-                assert pg.get_by_text("RoPE has no table", exact=False).count() >= 1
-                shot(pg, "2_bias_explorer_rope")
-                for path, name, charts_at_least in (("attention_maps", "3_attention_maps_rope", 4),
-                                                    ("checkpoints", "5_checkpoints_rope", 2)):
-                    pg.goto(f"{server['url']}/{path}?model=uploads/rope.pt")
-                    wait_idle(pg)
-                    assert_no_exception(pg, path)
-                    assert wait_charts(pg, charts_at_least) >= charts_at_least, path
-                    assert pg.get_by_text("position kernel", exact=False).count() >= 1, path
-                    shot(pg, name)
-            finally:
-                browser.close()
+                assert_no_exception(pg, path)
+                assert wait_charts(pg, charts_at_least) >= charts_at_least, path
+                assert pg.get_by_text("position kernel", exact=False).count() >= 1, path
+                shot(pg, name)
+        finally:
+            context.close()

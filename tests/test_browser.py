@@ -12,37 +12,20 @@ chosen in the sidebar of one page are still chosen on every other page.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
 
 from app_support.frame import NAV
-from relpos import jobs
 from relpos.explore import MAX_HEADS, MAX_WINDOW_SIDE
 
-from support import kill_runs
+from browser_support import (ROOT, assert_no_exception, new_page, shot, streamlit_server, wait_charts,
+                             wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = os.environ.get("RELPOS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 NAV_LINK = "[data-testid='stSidebar'] [data-testid='stPageLink-NavLink']"
 # Minimum number of Plotly charts of each page at its defaults (by file name).
 MIN_CHARTS = {"1_position_indices.py": 2, "2_bias_explorer.py": 7, "3_attention_maps.py": 3}
@@ -54,58 +37,11 @@ PAGES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextlib.contextmanager
-def streamlit_server(tmp_path_factory):
-    """A fresh ``streamlit run app.py`` in its own process group and runs root; killed on exit."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
-    pytest.importorskip("playwright.sync_api")
-    runs_root = tmp_path_factory.mktemp("browser-runs")
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "wb")
-    env = dict(os.environ, **{jobs.RUNS_ROOT_ENV: str(runs_root), "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError(f"server did not come up: {Path(log.name).read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield {"url": base, "runs_root": runs_root, "log": Path(log.name)}
-    finally:
-        kill_runs(runs_root)
-        kill_group(proc)
-        log.close()
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    """A server no browser has talked to yet (Streamlit decides its multipage mode on the first request)."""
+    with streamlit_server(tmp_path_factory) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -115,76 +51,12 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_server(tmp_path_factory):
-    """A server no browser has talked to yet (Streamlit decides its multipage mode on the first request)."""
-    with streamlit_server(tmp_path_factory) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(90_000)
     try:
-        yield pg
+        yield new_page(context)
     finally:
         context.close()
-
-
-def wait_idle(pg, settle_ms: int = 400) -> None:
-    """Wait until the script has finished (checked twice, so a rerun that just began is seen)."""
-    for _ in range(2):
-        pg.wait_for_timeout(settle_ms)
-        pg.wait_for_selector(IDLE, timeout=120_000)
-
-
-def assert_no_exception(pg, where: str) -> None:
-    exceptions = pg.locator("[data-testid='stException']")
-    assert exceptions.count() == 0, f"{where}: {exceptions.first.inner_text()[:2000]}"
-    errors = pg.locator("[data-testid='stAlertContentError']")
-    assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
-
-
-def wait_charts(pg, minimum: int, timeout_s: float = 60) -> int:
-    deadline = time.monotonic() + timeout_s
-    count = pg.locator(".js-plotly-plot").count()
-    while count < minimum and time.monotonic() < deadline:
-        pg.wait_for_timeout(250)
-        count = pg.locator(".js-plotly-plot").count()
-    return count
-
-
-def shot(pg, name: str) -> Path:
-    """Screenshot the whole page: Streamlit scrolls inside its own container, so grow the
-    viewport to the content's height first (then restore it)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    size = pg.viewport_size
-    height = pg.evaluate(
-        "() => { const m = document.querySelector(\"[data-testid='stMainBlockContainer']\");"
-        " return m ? m.scrollHeight + 120 : document.body.scrollHeight; }"
-    )
-    pg.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height), 6000))})
-    pg.wait_for_timeout(600)  # let Plotly re-lay out
-    pg.screenshot(path=str(path))
-    pg.set_viewport_size(size)
-    return path
 
 
 def open_from_sidebar(pg, title: str) -> None:
@@ -198,12 +70,25 @@ def assert_frame(pg, title: str, where: str) -> None:
     assert pg.get_by_text("Page not found").count() == 0, where
     assert pg.locator("h1").first.inner_text().strip() == title, where
     # The sidebar is drawn by the same script run but may reach the browser a moment after the main
-    # column (seen once on a loaded machine: 0 links right after the run went idle): wait for it.
-    deadline = time.monotonic() + 15
+    # column (seen on a loaded machine: 0 links right after the run went idle): wait for it.
+    if _wait_frame(pg):
+        return
+    lost = pg.assets.problems() if hasattr(pg, "assets") else []
+    if lost:  # the browser lost Streamlit's own code for an element: say so, and load the page again
+        warnings.warn(f"{where}: the sidebar was incomplete because the browser lost Streamlit's own "
+                      f"files {lost}; reloading once", stacklevel=2)
+        pg.reload()
+        wait_idle(pg)
+        if _wait_frame(pg):
+            return
+    pytest.fail(f"{where}: the sidebar lacks its frame. {_describe(pg, where)}; lost files: {lost}")
+
+
+def _wait_frame(pg, timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
     while not _frame_drawn(pg) and time.monotonic() < deadline:
         pg.wait_for_timeout(250)
-    if not _frame_drawn(pg):
-        pytest.fail(f"{where}: the sidebar lacks its frame. {_describe(pg, where)}")
+    return _frame_drawn(pg)
 
 
 def _frame_drawn(pg) -> bool:
@@ -253,8 +138,7 @@ def test_deep_links_first_on_a_fresh_server(fresh_server, browser):
     for title, (path, charts) in [*PAGES.items(), ("Relative position bias, seen and trained", ("", 0))]:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         try:
-            pg = context.new_page()
-            pg.set_default_timeout(90_000)
+            pg = new_page(context)
             pg.goto(f"{fresh_server['url']}/{path}")
             wait_idle(pg)
             assert_no_exception(pg, f"/{path}")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_browser import CHROMIUM_ARGS, assert_no_exception, shot, streamlit_server, wait_idle
+from browser_support import assert_no_exception, new_page, shot, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,18 +28,12 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def page(server):
-    from test_browser import CHROMIUM
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            pg = browser.new_context(viewport=VIEWPORT).new_page()
-            pg.set_default_timeout(90_000)
-            yield pg
-        finally:
-            browser.close()
+def page(server, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield new_page(context)
+    finally:
+        context.close()
 
 
 def wait_text(pg, text: str, timeout_s: float) -> None:

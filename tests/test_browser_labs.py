@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab_support import TINY_REGIONS, fabricate_lab_sweep, long_rows, transfer_rows
-from test_browser import CHROMIUM, CHROMIUM_ARGS, assert_no_exception, shot, streamlit_server, wait_idle
+from browser_support import assert_no_exception, new_page, shot, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,25 +43,9 @@ def lab_server(tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def test_every_lab_draws_its_figures_and_table(lab_server, browser):
     context = browser.new_context(viewport={"width": 1440, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(90_000)
+    pg = new_page(context)
     try:
         pg.goto(f"{lab_server['url']}/labs")
         wait_idle(pg)

@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import (CHROMIUM, CHROMIUM_ARGS, assert_no_exception, streamlit_server, wait_charts,
-                          wait_idle)
+from browser_support import ARTIFACTS, assert_no_exception, new_page, streamlit_server, wait_charts, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts"
 SHOTS = Path("/tmp/shots")
 PROJECTOR = {"width": 1280, "height": 720}
 ZOOMED = {"width": 853, "height": 480}  # 1280x720 at 150 % zoom, in CSS pixels
@@ -35,25 +32,9 @@ def server(tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make chromium installs it)")
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def open_page(browser, url: str, viewport: dict = PROJECTOR, scale: float = 1.0):
     context = browser.new_context(viewport=viewport, device_scale_factor=scale)
-    pg = context.new_page()
-    pg.set_default_timeout(120_000)
+    pg = new_page(context, timeout_ms=120_000)
     pg.goto(url)
     wait_idle(pg, settle_ms=800)
     return context, pg

@@ -23,41 +23,11 @@ from relpos.experiments import sweep as sw
 from relpos.experiments.sweep_results import member_row, summary_rows
 from relpos.families import FAMILIES, ROTARY_EMBEDDINGS
 
-from support import install_fake_trainer, kill_runs
+from support import install_fake_trainer, kill_runs, sweep_trainer_source
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Best accuracy = BASE[scheme] + 0.01 * seed; two epoch lines (steps 10 and 20), the second at the best.
-FAKE_TRAINER = textwrap.dedent(
-    """
-    import argparse, os, time
-    from pathlib import Path
-    from relpos.experiments import rundir, runproc, runqueue
-
-    runproc.TRAIN_MODULE = "fake_sweep_train"
-    BASE = {"none": 0.30, "2d": 0.95, "absolute": 0.80}
-    p = argparse.ArgumentParser()
-    p.add_argument("--config"); p.add_argument("--run-dir")
-    p.add_argument("--set", action="append", default=[])
-    a = p.parse_args()
-    run = Path(a.run_dir)
-    sets = dict(item.split("=", 1) for item in a.set)
-    scheme, seed = sets.get("model.scheme", "2d"), int(sets["seed"])
-    t0 = time.time()
-    rundir.update_status(run, state="running", pid=os.getpid(), started_at=t0, sets=a.set)
-    try:
-        if scheme == os.environ.get("FAKE_FAIL_SCHEME"):
-            rundir.update_status(run, state="failed", error="RuntimeError: boom\\ntraceback...")
-        else:
-            best = BASE[scheme] + 0.01 * seed
-            for step, acc in ((10, best / 2), (20, best)):
-                rundir.append_metrics(run, {"kind": "epoch", "step": step, "eval_accuracy": acc})
-            rundir.update_status(run, state="done", best_accuracy=best, started_at=t0, finished_at=t0 + 2.5,
-                                 params=1234)
-    finally:
-        runqueue.advance_after_run(run, None)
-    """
-)
+FAKE_TRAINER = sweep_trainer_source("fake_sweep_train")
 
 
 @pytest.fixture

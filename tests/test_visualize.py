@@ -306,24 +306,20 @@ def test_png_through_kaleido_and_chromium(tmp_path, monkeypatch):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install -y chromium)")
-def test_hover_decodes_a_cell_in_a_real_browser(tmp_path):
+def test_hover_decodes_a_cell_in_a_real_browser(tmp_path, browser):
     """plotly.js itself reads the binary (N, N, 7) customdata: hover a cell of the saved HTML."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     path = tmp_path / "hover.html"
     V.visualize_attention_weights(torch.rand(6, 6), window_size=(3, 2), save_path=path)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 800, "height": 700})
-            page.goto(path.as_uri())
-            box = page.locator(".nsewdrag").first.bounding_box()
-            # Cell (row 3, column 4) of the 6 x 6 map: query 3 = (1, 1), key 4 = (2, 0).
-            page.mouse.move(box["x"] + box["width"] * 4.5 / 6, box["y"] + box["height"] * 3.5 / 6)
-            page.wait_for_function("() => document.querySelector('.hoverlayer').textContent.length > 0")
-            text = page.evaluate("() => document.querySelector('.hoverlayer').textContent")
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 800, "height": 700})
+    try:
+        page.goto(path.as_uri())
+        box = page.locator(".nsewdrag").first.bounding_box()
+        # Cell (row 3, column 4) of the 6 x 6 map: query 3 = (1, 1), key 4 = (2, 0).
+        page.mouse.move(box["x"] + box["width"] * 4.5 / 6, box["y"] + box["height"] * 3.5 / 6)
+        page.wait_for_function("() => document.querySelector('.hoverlayer').textContent.length > 0")
+        text = page.evaluate("() => document.querySelector('.hoverlayer').textContent")
+    finally:
+        page.close()
     index = get_relative_position_index_2d((3, 2))
     assert "query i = 3 at (y, x) = (1, 1)" in text and "key j = 4 at (y, x) = (2, 0)" in text
     assert "offset (Δy, Δx) = (-1, 1)" in text and f"table row r = {int(index[3, 4])}" in text
