@@ -137,23 +137,14 @@ def controls(slots: dict[str, Any]) -> BiasControls:
         init_std = st.number_input("Table init spread (std)", 0.0, 2.0, 0.02, 0.01, format="%.3f", key="be_init_std",
                                    disabled=not fam.learned,
                                    help="Standard deviation of the random starting values (the 'init' preset).")
-    with slots["seed"]:
-        seed = int(st.number_input("Seed", 0, 10_000, 0, key="be_seed",
-                                   help="Fixes the random numbers: the same seed draws the same table and input."))
-    with slots["content"]:
-        content = st.slider("Content strength (fixed input)", 0.0, 3.0, 1.0, 0.1, key="be_content",
-                            help="Std of the fixed random queries and keys; 0 leaves only the bias.")
-    with slots["head"]:
-        head = ui.head_slider("Head", heads, key="be_head",
-                              help="Which head's column of the table to show (the sidebar's head, when it has one).")
-    with slots["query"]:
-        query = interact.query_slider("Query token", grid, key="be_query",
-                                      help="Which token asks the question; its row of the bias and of attention is "
-                                      "drawn. Or click a patch on any map of one query.")
-    with slots["scale"]:
-        per_panel = ui.scale_toggle("be_per_panel")
+    seed, content, head, query, per_panel = ui.view_controls(slots, heads, grid, ui.ViewHelp(
+        seed="Fixes the random numbers: the same seed draws the same table and input.",
+        content="Std of the fixed random queries and keys; 0 leaves only the bias.",
+        head="Which head's column of the table to show (the sidebar's head, when it has one).",
+        query="Which token asks the question; its row of the bias and of attention is drawn. Or click a patch "
+        "on any map of one query."))
     return BiasControls(kind=kind, size=size, grid=grid, options=options, preset=preset, alpha=float(alpha),
-                        heads=heads, init_std=float(init_std), seed=seed, content=float(content), head=head,
+                        heads=heads, init_std=float(init_std), seed=seed, content=content, head=head,
                         query=query, per_panel=per_panel)
 
 

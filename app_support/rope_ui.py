@@ -100,23 +100,13 @@ def bias_explorer(slots: dict[str, Any]) -> None:
                             key=f"be_rope_indexing_{mode}", horizontal=True, disabled=not two_d,
                             help="timm's meaning: axial 'ij' turns the first half of the pairs with the row, "
                             "'xy' with the column; mixed 'xy' multiplies freqs[0] by the column.")
-    with slots["seed"]:
-        seed = int(st.number_input("Seed", 0, 10_000, 0, key="be_seed",
-                                   help="Fixes the random numbers: the same seed draws the same content, frequencies "
-                                   "and input."))
-    with slots["content"]:
-        content = st.slider("Content strength (fixed input)", 0.0, 3.0, 1.0, 0.1, key="be_content",
-                            help="Std of the random part of the fixed queries and keys; 0 leaves only the shared "
-                            "content, so attention follows the kernel.")
-    with slots["head"]:
-        head = ui.head_slider("Head", heads, key="be_head",
-                              help="Which head's kernel and attention to show (the sidebar's head, when it has one).")
-    with slots["query"]:
-        query = interact.query_slider("Query token", grid, key="be_query",
-                                      help="Which token asks the question; its row of attention is drawn. "
-                                      "Or click a patch on any map of one query.")
-    with slots["scale"]:
-        per_panel = ui.scale_toggle("be_per_panel")
+    seed, content, head, query, per_panel = ui.view_controls(slots, heads, grid, ui.ViewHelp(
+        seed="Fixes the random numbers: the same seed draws the same content, frequencies and input.",
+        content="Std of the random part of the fixed queries and keys; 0 leaves only the shared content, so "
+        "attention follows the kernel.",
+        head="Which head's kernel and attention to show (the sidebar's head, when it has one).",
+        query="Which token asks the question; its row of attention is drawn. Or click a patch on any map of "
+        "one query."))
 
     interact.prose(
         f"**{ROTARY}** · {mode}: {MODE_WORDS[mode]}. The fixed input: every query and key is the shared content "

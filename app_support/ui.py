@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -262,3 +262,32 @@ def download(label: str, data: Any, file_name: str, key: str, mime: str = "appli
     """A download button with a safe file name; ``data`` may be a callable, run only when clicked."""
     st.download_button(label, data=data, file_name=explore.safe_download_name(file_name), mime=mime, key=key,
                        on_click="ignore")
+
+
+class ViewHelp(NamedTuple):
+    """The help texts of :func:`view_controls` (the bias and the rotary explorer word them for their own case)."""
+
+    seed: str
+    content: str
+    head: str
+    query: str
+
+
+def view_controls(slots: dict, heads: int, grid: tuple[int, int], words: ViewHelp) -> tuple[int, float, int, int, bool]:
+    """The Bias explorer's view controls, shared by its bias and rotary modes (same keys, so a switch
+    keeps them): seed, content strength, head, query token and the colour-scale toggle, each in its slot.
+
+    Returns:
+        ``(seed, content, head, query, per_panel)``.
+    """
+    with slots["seed"]:
+        seed = int(st.number_input("Seed", 0, 10_000, 0, key="be_seed", help=words.seed))
+    with slots["content"]:
+        content = st.slider("Content strength (fixed input)", 0.0, 3.0, 1.0, 0.1, key="be_content", help=words.content)
+    with slots["head"]:
+        head = head_slider("Head", heads, key="be_head", help=words.head)
+    with slots["query"]:
+        query = interact.query_slider("Query token", grid, key="be_query", help=words.query)
+    with slots["scale"]:
+        per_panel = scale_toggle("be_per_panel")
+    return seed, float(content), head, query, per_panel

@@ -58,7 +58,8 @@ def equivalence(configs=CONFIGS) -> tuple[str, bool]:
     return md_table(header, rows), ok
 
 
-def _train_fn(mod: torch.nn.Module, x: torch.Tensor):
+def train_fn(mod: torch.nn.Module, x: torch.Tensor):
+    """One training step of ``mod`` on ``x`` (forward, sum, backward), as a callable to time."""
     def fn() -> None:
         mod.zero_grad(set_to_none=True)
         x.grad = None
@@ -67,7 +68,8 @@ def _train_fn(mod: torch.nn.Module, x: torch.Tensor):
     return fn
 
 
-def _eval_fn(mod: torch.nn.Module, x: torch.Tensor):
+def eval_fn(mod: torch.nn.Module, x: torch.Tensor):
+    """One no-grad forward of ``mod`` on ``x``, as a callable to time."""
     def fn() -> None:
         with torch.no_grad():
             mod(x)
@@ -82,13 +84,13 @@ def module_level(rounds: int, configs=CONFIGS) -> tuple[str, list[dict]]:
         m, ref = build_pair(side, heads, head_dim)
         x = torch.randn(batch, side * side, heads * head_dim)
         m.eval(), ref.eval()
-        ev = interleaved({"ref": _eval_fn(ref, x), "relpos": _eval_fn(m, x)}, rounds)
+        ev = interleaved({"ref": eval_fn(ref, x), "relpos": eval_fn(m, x)}, rounds)
         with torch.no_grad():
             mem_ref = peak_memory_bytes(lambda: ref(x))
             mem_rel = peak_memory_bytes(lambda: m(x))
         m.train(), ref.train()
         xg = x.clone().requires_grad_()
-        tr = interleaved({"ref": _train_fn(ref, xg), "relpos": _train_fn(m, xg)}, rounds)
+        tr = interleaved({"ref": train_fn(ref, xg), "relpos": train_fn(m, xg)}, rounds)
         rec = dict(window=side, heads=heads, head_dim=head_dim, batch=batch, eval=ev, train=tr,
                    mem_ref=mem_ref, mem_rel=mem_rel)
         records.append(rec)
@@ -121,14 +123,14 @@ def scaling_sweep(sides: list[int], rounds: int, heads: int = 4, head_dim: int =
         x = torch.randn(batch, n, heads * head_dim)
         r = max(3, rounds if n <= 1024 else 3)
         m.eval(), ref.eval()
-        ev = interleaved({"ref": _eval_fn(ref, x), "relpos": _eval_fn(m, x)}, r, warmup=1)
+        ev = interleaved({"ref": eval_fn(ref, x), "relpos": eval_fn(m, x)}, r, warmup=1)
         with torch.no_grad():
             em_ref, em_rel = peak_memory_bytes(lambda: ref(x)), peak_memory_bytes(lambda: m(x))
         m.train(), ref.train()
         xg = x.clone().requires_grad_()
-        tr = interleaved({"ref": _train_fn(ref, xg), "relpos": _train_fn(m, xg)}, r, warmup=1)
-        tm_ref = peak_memory_bytes(_train_fn(ref, xg))
-        tm_rel = peak_memory_bytes(_train_fn(m, xg))
+        tr = interleaved({"ref": train_fn(ref, xg), "relpos": train_fn(m, xg)}, r, warmup=1)
+        tm_ref = peak_memory_bytes(train_fn(ref, xg))
+        tm_rel = peak_memory_bytes(train_fn(m, xg))
         rows.append([
             n, f"{side}x{side}", batch,
             ms(ev["ref"]["median_s"]), ms(ev["relpos"]["median_s"]),

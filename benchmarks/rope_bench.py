@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.attention_bench import eval_fn, train_fn
 from benchmarks.common import interleaved, md_table, ms
 from relpos import MultiHeadAttention
 from relpos.attention import _choose_kernel
@@ -51,23 +52,6 @@ def build(variant: str, side: int, heads: int, head_dim: int, seed: int = 0) -> 
     return m
 
 
-def _train_fn(mod: torch.nn.Module, x: torch.Tensor):
-    def fn() -> None:
-        mod.zero_grad(set_to_none=True)
-        x.grad = None
-        mod(x).sum().backward()
-
-    return fn
-
-
-def _eval_fn(mod: torch.nn.Module, x: torch.Tensor):
-    def fn() -> None:
-        with torch.no_grad():
-            mod(x)
-
-    return fn
-
-
 def _kernel(variant: str, n: int, training: bool) -> str:
     return _choose_kernel(n, variant == "2d", training, training, 0.0, "auto", need_weights=False)
 
@@ -87,11 +71,11 @@ def rope_section(rounds: int, configs=CONFIGS) -> tuple[str, list[dict]]:
         x = torch.randn(batch, n, heads * head_dim)
         for m in mods.values():
             m.eval()
-        ev = interleaved({v: _eval_fn(m, x) for v, m in mods.items()}, rounds)
+        ev = interleaved({v: eval_fn(m, x) for v, m in mods.items()}, rounds)
         for m in mods.values():
             m.train()
         xg = x.clone().requires_grad_()
-        tr = interleaved({v: _train_fn(m, xg) for v, m in mods.items()}, rounds)
+        tr = interleaved({v: train_fn(m, xg) for v, m in mods.items()}, rounds)
         # The rotation alone, as the eval step runs it (mixed: cached cos/sin).
         rope = mods["rope_mixed"].rope.eval()
         q = torch.randn(batch, heads, n, head_dim)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import textwrap
+import time
 from pathlib import Path
 
 from relpos import jobs
@@ -88,3 +89,15 @@ def sweep_trainer_source(module: str) -> str:
             runqueue.advance_after_run(run, None)
         """
     )
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` every ``every`` seconds until it returns something true (returned), or fail
+    after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

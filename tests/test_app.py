@@ -34,6 +34,7 @@ from relpos.geometry import relative_position_index
 from relpos.presets import BIAS_PRESETS, bias_arrays, make_bias
 from relpos.experiments import rundir, runproc
 from relpos.families import FAMILIES
+from support import wait_for
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -317,16 +318,6 @@ def test_use_a_run_checkpoint_sets_the_model_everywhere(runs_root):
     open_page(at, "attention")
     assert_sidebar_shows(at, "ckpt:" + str(ckpt), 0, 0, "attention")
     assert {"am_query_with", "am_heads"} <= set(charts(at))
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 def start_from_page(at: AppTest, preset: str, **settings) -> Path:

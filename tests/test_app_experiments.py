@@ -30,7 +30,7 @@ from relpos.experiments.config import fresh_model, resolve_config
 from relpos.experiments.config_utils import CONFIGS_DIR_ENV, configs_dir, load_config, save_config
 from relpos.families import SCHEMES
 
-from support import install_fake_trainer, sweep_trainer_source
+from support import install_fake_trainer, sweep_trainer_source, wait_for
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -94,16 +94,6 @@ def decode(value) -> np.ndarray:
     if isinstance(value, dict) and "bdata" in value:
         return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
     return np.asarray(value, dtype=float)
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 def table(at: AppTest, column: str):

@@ -23,7 +23,7 @@ import torch
 from relpos import jobs
 from relpos.experiments import rundir, runproc, runqueue, train
 
-from support import install_fake_trainer, kill_runs
+from support import install_fake_trainer, kill_runs, wait_for
 
 FAKE_TRAINER = textwrap.dedent(
     """
@@ -59,16 +59,6 @@ def fake(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     yield config, root
     kill_runs(root)
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def state(run: Path) -> str | None:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from relpos import explore, geometry, jobs
 from relpos.experiments import rundir
@@ -38,7 +37,7 @@ from relpos.experiments.checkpoint import (
 from relpos.experiments.config import apply_overrides, build_model, resolve_config
 from relpos.experiments.config_utils import ConfigError, load_config
 
-from support import install_fake_trainer, kill_runs
+from support import install_fake_trainer, kill_runs, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_thread")]
 
@@ -86,16 +85,6 @@ def procs():
 def finish(proc: subprocess.Popen, timeout: float = 180) -> str:
     out, _ = proc.communicate(timeout=timeout)
     return out or ""
-
-
-def wait_for(predicate, timeout: float, every: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 
