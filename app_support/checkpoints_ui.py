@@ -18,9 +18,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from app_support import rope_ui, state, ui
+from app_support import interact, rope_ui, state, ui
 from relpos import captions, jobs
-from relpos.experiments import figure_compare
+from relpos.experiments import figure_compare, figure_select
 from relpos.experiments import visualize as viz
 from relpos.families import SCHEMES
 
@@ -82,8 +82,9 @@ def pick_checkpoints(root: Path, source: str | None) -> tuple[str, str, dict[str
     return a, b, labels
 
 
-def checkpoint_a(a: str, b: str, layer: int) -> tuple[dict | None, dict | None]:
-    """Everything about A: what it learned at ``layer`` (or why it has no table), its rotary embedding,
+def checkpoint_a(a: str, b: str, layer: int, head: int = 0) -> tuple[dict | None, dict | None]:
+    """Everything about A: what it learned at ``layer`` (or why it has no table; a click on a head's
+    panel makes it the shared ``head``), its rotary embedding,
     its own curves when there is no B, and its downloads. Returns A's tables and their geometry (the
     keyword arguments of the table figures), both None when A cannot be read (the error is shown)."""
     ta, geo = None, None
@@ -92,7 +93,7 @@ def checkpoint_a(a: str, b: str, layer: int) -> tuple[dict | None, dict | None]:
         geo = {"window_size": ta["window_size"], "seq_len": ta["seq_len"], "bias_type": ta["bias_type"],
                "max_distance": ta["max_distance"]}
         st.subheader(f"What A learned · layer {layer}")
-        fig_learned = learned_table(a, ta, geo, layer)
+        fig_learned = learned_table(a, ta, geo, layer, head)
         rope_ui.checkpoint_rotation(a, layer)  # a rotary embedding: its mixed frequencies and kernel (else nothing)
         if b == NONE and (own := state.run_curves([a])):
             ui.plotly(figure_compare.smoothed_curves_figure(own, title="A's training"), key="ck_a_curves")
@@ -102,10 +103,12 @@ def checkpoint_a(a: str, b: str, layer: int) -> tuple[dict | None, dict | None]:
     return ta, geo
 
 
-def learned_table(a: str, ta: Mapping[str, Any], geo: Mapping[str, Any], layer: int) -> go.Figure | None:
+def learned_table(a: str, ta: Mapping[str, Any], geo: Mapping[str, Any], layer: int,
+                  head: int = 0) -> go.Figure | None:
     """A's learned table at ``layer`` (its initial one in an expander), its diagnostics per head and what
-    training changed; an info line when A has no relative bias. Returns the learned table's figure, or
-    None without one."""
+    training changed; an info line when A has no relative bias. With several heads drawn as small
+    multiples, ``head``'s panel is outlined and a click on a panel makes that head the shared one.
+    Returns the learned table's figure (without the click layer), or None without one."""
     if not ta["learned"]:
         scheme_a = (ta["config"].get("model") or {}).get("scheme")
         where = captions.position_label(scheme_a) if scheme_a in SCHEMES else "?"
@@ -121,7 +124,15 @@ def learned_table(a: str, ta: Mapping[str, Any], geo: Mapping[str, Any], layer: 
     fig_initial = viz.visualize_bias_table(initial, **geo, title=f"Initial table (before training), layer {li}")
     per_panel = ui.scale_toggle("ck_per_panel")
     figure_compare.share_color_axis([fig_initial, fig_learned], per_panel=per_panel)
-    ui.plotly(fig_learned, key="ck_learned")
+    shown, pick = fig_learned, None
+    panels = len(figure_select.heatmap_panels(fig_learned))
+    if panels == learned.shape[-1] > 1:  # small multiples, one per head: a click picks the head
+        shown = go.Figure(fig_learned)  # the download keeps the plain figure
+        figure_select.add_cell_picker(shown, note="click: show this head")
+        if head < panels:
+            figure_select.mark_panel(shown, head)
+        pick = interact.on_head("ck_learned")
+    ui.plotly(shown, key="ck_learned", on_select=pick)
     with st.expander("Before training: the initial table" + ("" if per_panel else ", on the same colour scale")):
         ui.plotly(fig_initial, key="ck_initial")
     rows, note = state.diagnostics(state.CKPT_PREFIX + a)

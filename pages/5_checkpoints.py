@@ -10,7 +10,7 @@ import streamlit as st
 from app_support import checkpoints_ui, state
 from app_support.frame import page_frame
 
-source, layer, _head = page_frame("Checkpoints & compare", ":material/compare:")
+source, layer, head = page_frame("Checkpoints & compare", ":material/compare:")
 st.markdown(
     "Every run leaves checkpoints (best.pt, last.pt); you can also upload one. Pick checkpoint **A** to "
     "see how far its bias tables moved from their initial values, and **B** to compare two runs: "
@@ -22,6 +22,6 @@ ROOT = state.runs_root()
 
 checkpoints_ui.upload_box(ROOT)
 a, b, labels = checkpoints_ui.pick_checkpoints(ROOT, source)  # stops the page when there is nothing to pick
-ta, geo = checkpoints_ui.checkpoint_a(a, b, layer)  # A's tables and their geometry; None when A cannot be read
+ta, geo = checkpoints_ui.checkpoint_a(a, b, layer, head)  # A's tables and their geometry; None when A cannot be read
 if b != checkpoints_ui.NONE and ta is not None and geo is not None:
     checkpoints_ui.compare(a, b, labels, ta, geo, layer)

@@ -629,3 +629,23 @@ def test_attention_page_diagnostics_for_a_class_token_model(runs_root):
                                rtol=1e-9)
     np.testing.assert_allclose(shown.loc["symmetry", ["head 0", "head 1"]].to_numpy(float),
                                diag["biases"][0]["symmetry"], rtol=1e-9)
+
+
+def test_checkpoint_table_heads_are_clickable_and_follow_the_sidebar_head(runs_root):
+    """A's learned table as small multiples (one panel per head): the click layer is on, the sidebar's
+    head is the outlined panel, and the downloaded figure has neither."""
+    (runs_root / jobs.UPLOADS_DIR).mkdir()
+    path = saved_checkpoint(runs_root / jobs.UPLOADS_DIR / "four.pt", num_heads=4)
+    at = new_app().run()
+    at.sidebar.selectbox(key=W_SOURCE).set_value("ckpt:" + str(path)).run()
+    at.sidebar.selectbox(key=W_HEAD).set_value(2).run()
+    at = open_page(at, "checkpoints")
+    assert_clean(at, "checkpoints, 4 heads")
+    fig = charts(at)["ck_learned"]
+    heatmaps = [t for t in fig["data"] if t.get("type") == "heatmap"]
+    assert len(heatmaps) == 4
+    assert any(t.get("type") == "scatter" for t in fig["data"])  # the click layer
+    frames = [s for s in fig["layout"].get("shapes", []) if s.get("type") == "rect"]
+    assert len(frames) == 1 and frames[0]["xref"] == f"{heatmaps[2].get('xaxis', 'x')} domain"
+    chart = next(el for el in at.get("plotly_chart") if el.key == "ck_learned")
+    assert chart.proto.selection_mode  # on_select is wired: a click reruns with the clicked head

@@ -73,15 +73,23 @@ def assert_frame(pg, title: str, where: str) -> None:
     # column (seen on a loaded machine: 0 links right after the run went idle): wait for it.
     if _wait_frame(pg):
         return
-    lost = pg.assets.problems() if hasattr(pg, "assets") else []
-    if lost:  # the browser lost Streamlit's own code for an element: say so, and load the page again
+    assets = pg.assets if hasattr(pg, "assets") else None
+    # Streamlit's own code for the sidebar's elements still on its way (a loaded machine): wait for it.
+    deadline = time.monotonic() + 60
+    while assets is not None and assets.pending and not _frame_drawn(pg) and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
+    if _frame_drawn(pg):
+        return
+    lost = assets.problems() if assets is not None else []
+    if assets is not None and assets.failed:  # the browser lost that code: say so, and load the page again
         warnings.warn(f"{where}: the sidebar was incomplete because the browser lost Streamlit's own "
                       f"files {lost}; reloading once", stacklevel=2)
         pg.reload()
         wait_idle(pg)
         if _wait_frame(pg):
             return
-    pytest.fail(f"{where}: the sidebar lacks its frame. {_describe(pg, where)}; lost files: {lost}")
+    pytest.fail(f"{where}: the sidebar lacks its frame. {_describe(pg, where)}; Streamlit's files lost or "
+                f"late: {lost}")
 
 
 def _wait_frame(pg, timeout_s: float = 15) -> bool:

@@ -104,8 +104,9 @@ def test_share_color_axis_per_panel_and_the_near_uniform_title():
     fc.share_color_axis([fa, fb], per_panel=True)
     assert (fa.layout.coloraxis.cmin, fa.layout.coloraxis.cmax) == (0.0, 1.0)
     assert (fb.layout.coloraxis.cmin, fb.layout.coloraxis.cmax) == pytest.approx((0.0, 0.251))
-    assert fb.layout.title.text.startswith("without · near uniform (0.25–0.251)")
+    assert fb.layout.title.text.startswith("without<br><sup>near uniform (0.25–0.251)")
     assert fa.layout.title.text == "with"
+    assert fb.layout.margin.t == (fa.layout.margin.t or 60) + fc._NOTE_LINE_PX  # room for the note's line
 
 
 def test_share_color_axis_leaves_curve_figures_alone_and_refuses_non_figures():

@@ -56,6 +56,8 @@ __all__ = [
     "smoothed_curves_figure",
 ]
 
+#: Room for the near-uniform note's own title line, in pixels.
+_NOTE_LINE_PX = 16
 #: A map is near uniform when ``max - min`` is at most this fraction of its mean (non-negative maps).
 NEAR_UNIFORM_REL = 0.2
 #: How attention can be drawn over an image: a dark veil that clears where attention is high (the
@@ -199,9 +201,11 @@ def share_color_axis(figs: Sequence[go.Figure], *, per_panel: bool = False, dive
             if t.type == "contour" and step > 0:  # the same levels in every figure
                 t.update(autocontour=False, contours_start=rng.zmin + step, contours_end=rng.zmax - step / 2,
                          contours_size=step)
-        if rng.note:
+        if rng.note:  # on a line of its own, smaller: a long title is not cut at the figure's edge
             text = fig.layout.title.text or ""
-            fig.update_layout(title_text=f"{text} · {rng.note}" if text else rng.note)
+            fig.update_layout(title_text=f"{text}<br><sup>{rng.note}</sup>" if text else rng.note)
+            if text:
+                fig.update_layout(margin_t=(fig.layout.margin.t or 60) + _NOTE_LINE_PX)
     return ranges
 
 
