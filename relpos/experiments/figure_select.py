@@ -236,6 +236,7 @@ def mark_panel(fig: go.Figure, panel: int, *, color: str = "#d62728", label: str
         ann = annotations[panel]
         ann.text = f"<b>{ann.text} · {label}</b>"
         ann.font.color = color
+        ann.yshift = (ann.yshift or 0) + 10  # above the frame, which reaches 3 % beyond the panel
     return fig
 
 
