@@ -273,7 +273,8 @@ class ViewHelp(NamedTuple):
     query: str
 
 
-def view_controls(slots: dict, heads: int, grid: tuple[int, int], words: ViewHelp) -> tuple[int, float, int, int, bool]:
+def view_controls(slots: dict, heads: int, grid: tuple[int, int],
+                  words: ViewHelp) -> tuple[int, float, int, int, bool]:
     """The Bias explorer's view controls, shared by its bias and rotary modes (same keys, so a switch
     keeps them): seed, content strength, head, query token and the colour-scale toggle, each in its slot.
 
@@ -283,7 +284,8 @@ def view_controls(slots: dict, heads: int, grid: tuple[int, int], words: ViewHel
     with slots["seed"]:
         seed = int(st.number_input("Seed", 0, 10_000, 0, key="be_seed", help=words.seed))
     with slots["content"]:
-        content = st.slider("Content strength (fixed input)", 0.0, 3.0, 1.0, 0.1, key="be_content", help=words.content)
+        content = st.slider("Content strength (fixed input)", 0.0, 3.0, 1.0, 0.1, key="be_content",
+                            help=words.content)
     with slots["head"]:
         head = head_slider("Head", heads, key="be_head", help=words.head)
     with slots["query"]:

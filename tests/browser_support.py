@@ -198,3 +198,24 @@ def shot(pg, name: str) -> Path:
     pg.screenshot(path=str(path))
     pg.set_viewport_size(size)
     return path
+
+
+def choose(pg, selectbox, option: str, exact: bool = True, attempts: int = 3) -> None:
+    """Open ``selectbox`` (a locator of an ``stSelectbox``) and pick ``option``, then wait until idle.
+
+    A rerun that lands between the click and the pick (a fragment polling, a slow first render)
+    closes the list: open it again, up to ``attempts`` times, before failing.
+    """
+    item = pg.get_by_role("option", name=option, exact=exact)
+    for attempt in range(attempts):
+        selectbox.first.click()
+        try:
+            item.wait_for(state="visible", timeout=15_000)
+            item.click(timeout=15_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: the list closed; open it again
+            if attempt == attempts - 1:
+                raise
+            pg.keyboard.press("Escape")
+            wait_idle(pg)
+    wait_idle(pg)

@@ -21,8 +21,8 @@ import pytest
 from app_support.frame import NAV
 from relpos.explore import MAX_HEADS, MAX_WINDOW_SIDE
 
-from browser_support import (ROOT, assert_no_exception, new_page, shot, streamlit_server, wait_charts,
-                             wait_idle)
+from browser_support import (ROOT, assert_no_exception, choose, new_page, shot, streamlit_server,
+                             wait_charts, wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -124,9 +124,7 @@ def sidebar_choice(pg, label: str) -> str:
 
 
 def choose_in_sidebar(pg, label: str, option: str) -> None:
-    pg.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text=label).first.click()
-    pg.get_by_role("option", name=option, exact=True).click()
-    wait_idle(pg)
+    choose(pg, pg.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text=label), option)
 
 
 def set_number(pg, label: str, value: int) -> None:
@@ -222,9 +220,8 @@ def test_largest_window(server, page):
     shot(page, "2_bias_largest")
     # The largest model a preset offers: vit_b16 (12 layers x 12 heads on a 14x14 grid).
     if (ROOT / "configs" / "vit_b16.yaml").is_file():
-        page.get_by_test_id("stSelectbox").filter(has_text="Current model").click()
-        page.get_by_role("option", name="Fresh model · vit_b16 preset").click()
-        wait_idle(page)
+        choose(page, page.get_by_test_id("stSelectbox").filter(has_text="Current model"),
+               "Fresh model · vit_b16 preset", exact=False)
         open_from_sidebar(page, "Attention maps")
         assert_no_exception(page, "attention vit_b16")
         assert wait_charts(page, 4) >= 4
@@ -234,9 +231,7 @@ def test_largest_window(server, page):
 def test_start_a_run_and_watch_its_curve(server, page):
     page.goto(f"{server['url']}/train")
     wait_idle(page)
-    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
-    page.get_by_role("option", name="tiny", exact=True).click()
-    wait_idle(page)
+    choose(page, page.get_by_test_id("stSelectbox").filter(has_text="Preset"), "tiny")
     page.get_by_test_id("stBaseButton-secondaryFormSubmit").or_(
         page.get_by_test_id("stBaseButton-primaryFormSubmit")
     ).first.click()

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from browser_support import assert_no_exception, new_page, shot, streamlit_server, wait_idle
+from browser_support import assert_no_exception, choose, new_page, shot, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -61,9 +61,7 @@ def test_queue_a_small_sweep_and_watch_its_leaderboard_fill_in(server, page):
     page.goto(f"{server['url']}/experiments")
     wait_idle(page)
     assert_no_exception(page, "experiments")
-    page.get_by_test_id("stSelectbox").filter(has_text="Sweep file").click()
-    page.get_by_role("option", name="configs/sweeps/tiny.yaml", exact=True).click()
-    wait_idle(page)
+    choose(page, page.get_by_test_id("stSelectbox").filter(has_text="Sweep file"), "configs/sweeps/tiny.yaml")
     runs = page.get_by_test_id("stMetric").filter(has_text="Runs").get_by_test_id("stMetricValue")
     assert runs.inner_text().strip() == "2"
     page.get_by_role("button", name="Queue 2 runs").click()
@@ -88,8 +86,6 @@ def test_queue_a_small_sweep_and_watch_its_leaderboard_fill_in(server, page):
     assert_no_exception(page, "train")
     assert page.get_by_text("model.scheme=2d", exact=True).count() == 1  # the tiny preset's scheme, named
     inputs = settled_count(page, "stNumberInput")  # the form's; 2d has no family option
-    page.get_by_test_id("stSelectbox").filter(has_text="Added to the attention logits").click()
-    page.get_by_role("option", name="T5 buckets", exact=True).click()
-    wait_idle(page)
+    choose(page, page.get_by_test_id("stSelectbox").filter(has_text="Added to the attention logits"), "T5 buckets")
     assert settled_count(page, "stNumberInput") == inputs + 2  # t5's two options follow the choice
     shot(page, "4_train_schemes")
