@@ -12,7 +12,7 @@ import streamlit as st
 
 from app_support.frame import NAV, page_frame
 
-page_frame("Home", ":material/home:", heading="Relative position bias, seen and trained")
+page_frame("Home", heading="Relative position bias, seen and trained")
 st.markdown(
     "Attention compares every token with every other token, but on its own it does not know "
     "*where* they are. A **relative position bias** adds one learned number per head and per "

@@ -4,7 +4,7 @@ The app uses Streamlit's ``pages/`` mode (``app.py`` is the home page, each ``pa
 is a page at ``/<name>``) with ``client.showSidebarNavigation = false``: this module draws the one
 navigation, from the :data:`NAV` table, with ``st.page_link``. Each page's first line is::
 
-    source, layer, head = page_frame("Attention maps", ":material/visibility:")
+    source, layer, head = page_frame("Attention maps")
 
 The shared choices live in plain session keys (:data:`app_support.state.SEL_SOURCE` and friends),
 because widget state belongs to one page in this mode. The pickers are widgets with their own keys
@@ -53,6 +53,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("pages/9_labs.py", "Labs", ":material/science:",
             "size transfer, position shift, ablation: the papers' results on our task"),
 )
+#: The browser tab's icon on every page (an emoji: nothing to download).
+TAB_ICON = "📐"
 #: Page-local keys of the picker widgets (never read by pages: they read the ``state.SEL_*`` keys).
 W_SOURCE, W_LAYER, W_HEAD = "frame_source", "frame_layer", "frame_head"
 
@@ -70,12 +72,14 @@ def _reconcile_once(root: str) -> list[str]:
         return []
 
 
-def page_frame(title: str, icon: str, heading: str | None = None) -> tuple[str | None, int, int]:
+def page_frame(title: str, heading: str | None = None) -> tuple[str | None, int, int]:
     """Start a page: config, navigation, the shared pickers in the sidebar, then the page's title.
 
     Args:
-        title: the page's name (browser tab); also its heading unless ``heading`` is given.
-        icon: a Material icon (``":material/<name>:"``) for the tab.
+        title: the page's name (browser tab, and its label in :data:`NAV`); also its heading unless
+            ``heading`` is given. The tab's icon is :data:`TAB_ICON` on every page: for a Material
+            icon Streamlit fetches the favicon from Google's font servers, which an offline lecture
+            hall cannot reach; an emoji needs nothing.
         heading: a heading other than ``title`` (the home page's).
 
     Returns:
@@ -83,7 +87,7 @@ def page_frame(title: str, icon: str, heading: str | None = None) -> tuple[str |
         model to choose), and the layer and head every page shows.
     """
     links.sync_query_params(title)  # a link's ?model=..&present=1 first: it may collapse the sidebar
-    st.set_page_config(page_title=f"{title} · relpos", page_icon=icon, layout="wide",
+    st.set_page_config(page_title=f"{title} · relpos", page_icon=TAB_ICON, layout="wide",
                        initial_sidebar_state="collapsed" if interact.presenting() else "auto")
     interact.presenter_css()
     _reconcile_once(str(state.runs_root().resolve()))

@@ -12,7 +12,7 @@ from relpos.experiments import figure_compare, figure_select
 from relpos.experiments import visualize as viz
 from relpos.families import FAMILIES
 
-page_frame("Position indices", ":material/grid_on:")
+page_frame("Position indices")
 interact.prose(
     "Each cell `(i, j)` of this matrix says which row of the bias table query *i* reads for key *j*: "
     "pairs with the same offset share a row, so the matrix is constant along diagonals (and, in 2D, "

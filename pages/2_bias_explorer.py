@@ -11,7 +11,7 @@ import streamlit as st
 from app_support import bias_ui, interact, links, rope_ui, ui
 from app_support.frame import page_frame
 
-page_frame("Bias explorer", ":material/tune:")
+page_frame("Bias explorer")
 interact.prose(rope_ui.INTRO if rope_ui.chosen() else  # the rotation's own opening, else the bias's:
     "A relative position bias is a small table, one value per offset and head; gathered through the "
     "index it becomes an N×N bias added to the attention logits. Set the table by hand with a "

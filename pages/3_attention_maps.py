@@ -11,7 +11,7 @@ import streamlit as st
 from app_support import interact, links, maps_ui, ui
 from app_support.frame import page_frame
 
-source, layer, head = page_frame("Attention maps", ":material/visibility:")
+source, layer, head = page_frame("Attention maps")
 interact.prose(
     "The current model (sidebar) looks at one input; each map shows how much a query patch attends "
     "to every patch of the image: the picture stays as it is, and a veil clears where the query looks. "

@@ -13,7 +13,7 @@ import streamlit as st
 from app_support import links, runs_ui, state, train_ui, ui
 from app_support.frame import page_frame
 
-page_frame("Train", ":material/model_training:")
+page_frame("Train")
 st.markdown(
     "Pick a preset and a **position scheme**, press **Start**: each run trains as a separate process in "
     "a queue (at most a few at once; the rest wait and start by themselves), through page switches, "

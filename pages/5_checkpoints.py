@@ -10,7 +10,7 @@ import streamlit as st
 from app_support import checkpoints_ui, state
 from app_support.frame import page_frame
 
-source, layer, head = page_frame("Checkpoints & compare", ":material/compare:")
+source, layer, head = page_frame("Checkpoints & compare")
 st.markdown(
     "Every run leaves checkpoints (best.pt, last.pt); you can also upload one. Pick checkpoint **A** to "
     "see how far its bias tables moved from their initial values, and **B** to compare two runs: "

@@ -20,7 +20,7 @@ from relpos.experiments import visualize as viz
 from relpos.experiments.transfer import TRANSFER_METHODS
 from relpos.families import FAMILIES, SCHEMES
 
-source, _layer, _head = page_frame("Resize lab", ":material/aspect_ratio:")
+source, _layer, _head = page_frame("Resize lab")
 st.markdown(
     "A model is trained for one patch grid. To run it on larger (or smaller) images, each position scheme "
     "moves by its own rule: a learned bias table is **resized**, bicubic (timm, Swin) or **geometric** (BEiT: "

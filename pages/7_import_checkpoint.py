@@ -12,7 +12,7 @@ from relpos.checkpoint_import import CHECKPOINT_SUFFIXES
 from relpos.experiments import visualize as viz
 from relpos.families import FAMILIES
 
-page_frame("Import checkpoint", ":material/download:")
+page_frame("Import checkpoint")
 st.markdown(
     "Read the relative position bias tables of a published checkpoint. Upload a state dict saved by "
     "the official Swin code, timm (Swin, BEiT) or Hugging Face transformers (Swin, BEiT), as `.pth`, "

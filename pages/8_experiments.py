@@ -14,7 +14,7 @@ from relpos.experiments.config_utils import load_config
 from relpos.experiments.sweep import list_sweeps, load_spec
 from relpos.experiments.sweep_figures import cell_colors, leaderboard_figure, sweep_curves_figure
 
-page_frame("Experiments", ":material/leaderboard:")
+page_frame("Experiments")
 st.markdown(
     "Which position scheme learns the task, how sure are we? A **sweep** trains every scheme (and every "
     "value of the keys you vary) once per seed through the run queue, then ranks them by validation "

@@ -10,7 +10,7 @@ from app_support import labs_ui, links, state, ui
 from app_support.frame import page_frame
 from relpos.experiments import lab_views, leaderboard
 
-page_frame("Labs", ":material/science:")
+page_frame("Labs")
 st.markdown(
     "Two published results are the reason relative positions exist; each lab repeats one on our task, "
     "over several seeds, and puts the paper's numbers beside ours. A lab is a sweep (every scheme × seed "

@@ -118,6 +118,7 @@ class AssetWatch:
     def __init__(self, pg) -> None:
         self.pending: dict[str, float] = {}
         self.failed: list[str] = []
+        self.external: list[str] = []  # requests to any other host (an offline lecture hall has none)
         pg.on("request", self._start)
         pg.on("requestfinished", self._end)
         pg.on("requestfailed", self._fail)
@@ -130,6 +131,8 @@ class AssetWatch:
     def _start(self, request) -> None:
         if self._ours(request.url):
             self.pending[request.url] = time.monotonic()
+        if not request.url.startswith(("http://127.0.0.1:", "data:", "blob:", "about:")):
+            self.external.append(request.url)
 
     def _end(self, request) -> None:
         self.pending.pop(request.url, None)

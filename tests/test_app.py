@@ -109,13 +109,13 @@ def test_home_renders(runs_root):
     assert len(at.main.get("page_link")) == len(NAV) - 1
 
 
-def page_frame_call(path: str) -> tuple[str, str]:
-    """The ``(title, icon)`` a page passes to page_frame (its first statement after the imports)."""
+def page_frame_call(path: str) -> str:
+    """The title a page passes to page_frame (its first statement after the imports)."""
     tree = ast.parse((ROOT / path).read_text())
     docstring, first, *_ = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
     call = first.value  # `page_frame(...)` or `source, layer, head = page_frame(...)`
     assert isinstance(call, ast.Call) and getattr(call.func, "id", "") == "page_frame", f"{path}: frame first"
-    return call.args[0].value, call.args[1].value
+    return call.args[0].value
 
 
 def test_pages_mode_layout():
@@ -126,9 +126,7 @@ def test_pages_mode_layout():
     assert not [p for p in (ROOT / "pages").iterdir() if p.suffix != ".py" and p.name != "__pycache__"]
     assert NAV[0].path == "app.py"
     for item in NAV:
-        title, icon = page_frame_call(item.path)
-        assert icon == item.icon, item.path
-        assert title == item.label, item.path
+        assert page_frame_call(item.path) == item.label, item.path
         assert re.fullmatch(r"\d+_[a-z_]+\.py", Path(item.path).name) or item.path == "app.py"
     for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "app_support").glob("*.py")]:
         text = path.read_text()

@@ -140,7 +140,8 @@ def set_number(pg, label: str, value: int) -> None:
 
 def test_deep_links_first_on_a_fresh_server(fresh_server, browser):
     """The very first requests to a fresh server are page URLs (home last): each gets its page with
-    the frame (title, navigation, model picker), never "Page not found"."""
+    the frame (title, navigation, model picker), never "Page not found", and asks no other host
+    (a lecture hall may be offline)."""
     for title, (path, charts) in [*PAGES.items(), ("Relative position bias, seen and trained", ("", 0))]:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         try:
@@ -151,6 +152,7 @@ def test_deep_links_first_on_a_fresh_server(fresh_server, browser):
             assert_frame(pg, title, f"/{path}")
             assert pg.url.rstrip("/").endswith(f"/{path}".rstrip("/")), pg.url
             assert wait_charts(pg, charts) >= charts, title
+            assert not pg.assets.external, f"/{path} asked another host (offline it fails): {pg.assets.external}"
         finally:
             context.close()
 
