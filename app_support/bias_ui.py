@@ -175,10 +175,7 @@ def table_section(c: BiasControls, table: np.ndarray) -> None:
                                          max_distance=options.get("max_distance"),
                                          title=f"{c.kind} table ({c.preset if fam.learned else 'computed'}), "
                                                f"{what} × {c.heads} heads")
-    if len(figure_select.heatmap_panels(table_fig)) == c.heads > 1:  # small multiples: a click picks the head
-        figure_select.add_cell_picker(table_fig, note="click: show this head")
-        figure_select.mark_panel(table_fig, c.head)
-    ui.plotly(table_fig, key="be_table", on_select=interact.on_head("be_table", "be_head"))
+    ui.plotly_heads(table_fig, "be_table", c.head, c.heads, widget_key="be_head")
     if fam.extra_rows:
         st.caption("The class token has no position: its rows are one value per head each, "
                    "not part of the offset grid.")

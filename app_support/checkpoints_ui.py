@@ -18,9 +18,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from app_support import interact, rope_ui, state, ui
+from app_support import rope_ui, state, ui
 from relpos import captions, jobs
-from relpos.experiments import figure_compare, figure_select
+from relpos.experiments import figure_compare
 from relpos.experiments import visualize as viz
 from relpos.families import SCHEMES
 
@@ -124,15 +124,7 @@ def learned_table(a: str, ta: Mapping[str, Any], geo: Mapping[str, Any], layer: 
     fig_initial = viz.visualize_bias_table(initial, **geo, title=f"Initial table (before training), layer {li}")
     per_panel = ui.scale_toggle("ck_per_panel")
     figure_compare.share_color_axis([fig_initial, fig_learned], per_panel=per_panel)
-    shown, pick = fig_learned, None
-    panels = len(figure_select.heatmap_panels(fig_learned))
-    if panels == learned.shape[-1] > 1:  # small multiples, one per head: a click picks the head
-        shown = go.Figure(fig_learned)  # the download keeps the plain figure
-        figure_select.add_cell_picker(shown, note="click: show this head")
-        if head < panels:
-            figure_select.mark_panel(shown, head)
-        pick = interact.on_head("ck_learned")
-    ui.plotly(shown, key="ck_learned", on_select=pick)
+    ui.plotly_heads(fig_learned, "ck_learned", head, learned.shape[-1], keep=True)  # the download stays plain
     with st.expander("Before training: the initial table" + ("" if per_panel else ", on the same colour scale")):
         ui.plotly(fig_initial, key="ck_initial")
     rows, note = state.diagnostics(state.CKPT_PREFIX + a)
@@ -141,8 +133,8 @@ def learned_table(a: str, ta: Mapping[str, Any], geo: Mapping[str, Any], layer: 
     st.caption(captions.bias_effect_sentence([r for r in rows if r["layer"] == li], num_tokens=n_tokens,
                                              subject=f"By these numbers, layer {li}'s bias"))
     ui.diagnostics_table(rows, li, key="ck_diag", explain=True)
-    ui.plotly(viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table", **geo),
-              key="ck_change")
+    ui.plotly_heads(viz.difference_figure(initial, learned, names=("initial", "learned"), kind="table", **geo),
+                    "ck_change", head, learned.shape[-1])
     return fig_learned
 
 

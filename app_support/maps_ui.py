@@ -239,10 +239,7 @@ def all_heads(model: Model, maps: Maps, view: View) -> None:
     st.subheader(f"All heads of layer {model.layer}")
     heads_fig = viz.visualize_attention_weights(maps.with_, title=f"Attention, layer {model.layer}, every head "
                                                 "(click a head to show it above)", window_size=maps.grid)
-    if maps.with_.shape[0] > 1:
-        figure_select.add_cell_picker(heads_fig, note="click: show this head")
-        figure_select.mark_panel(heads_fig, view.head)
-    ui.plotly(heads_fig, key="am_heads", on_select=interact.on_head("am_heads"))
+    ui.plotly_heads(heads_fig, "am_heads", view.head, maps.with_.shape[0])
 
 
 def difference(model: Model, maps: Maps) -> None:

@@ -123,10 +123,7 @@ def bias_explorer(slots: dict[str, Any]) -> None:
         interact.heading("The position kernel, per head")
         kernel_fig = rope_figures.position_kernel_figure(
             data["kernel"], title=f"Position kernel ({mode}, θ = {theta:g}, d = {head_dim}), {heads} heads")
-        if heads > 1 and two_d:
-            figure_select.add_cell_picker(kernel_fig, note="click: show this head")
-            figure_select.mark_panel(kernel_fig, head)
-        ui.plotly(kernel_fig, key="be_rope_kernel", on_select=interact.on_head("be_rope_kernel", "be_head"))
+        ui.plotly_heads(kernel_fig, "be_rope_kernel", head, heads, widget_key="be_head")
         if not interact.presenting():
             st.caption(rope_figures.kernel_caption(direction))
         if data["freqs"] is not None:
@@ -195,10 +192,7 @@ def model_kernel(source: str, table: str, alpha: float, sample: int, upload: byt
                          "each offset; the mean is taken over this input's patches, before the rotation.")
     kernel = state.rope_kernel(source, table, alpha, sample, upload, layer, direction)
     fig = rope_figures.position_kernel_figure(kernel, title=f"Position kernel, layer {layer}")
-    if kernel.shape[0] > 1:
-        figure_select.add_cell_picker(fig, note="click: show this head")
-        figure_select.mark_panel(fig, head)
-    ui.plotly(fig, key=f"{key}_fig", on_select=interact.on_head(f"{key}_fig"))
+    ui.plotly_heads(fig, f"{key}_fig", head, kernel.shape[0])
     st.caption(rope_figures.kernel_caption(direction))
 
 

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from app_support import interact, state
 from relpos import captions, explore
 from relpos.diagnostics import DIAGNOSTIC_MEASURES
+from relpos.experiments import figure_select
 from relpos.experiments.figure_present import presenter_layout, take_title
 from relpos.families import ALIBI_DISTANCES, FAMILIES
 
@@ -47,6 +49,24 @@ def plotly(fig, key: str, on_select: Callable[[], None] | None = None) -> None:
             interact.chart_title(title)
     clicks = {"on_select": on_select, "selection_mode": "points"} if on_select is not None else {}
     st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False}, **clicks)
+
+
+def plotly_heads(fig: go.Figure, key: str, head: int, heads: int, widget_key: str | None = None, *,
+                 keep: bool = False) -> None:
+    """Draw small multiples with one panel per head: ``head``'s panel outlined, and a click on a panel
+    makes that head the shared one (and ``widget_key``'s, when given; :func:`interact.on_head`).
+
+    A figure that is not one heatmap panel per head (one head, curves, bars) is drawn as it is. With
+    ``keep`` the click layer and the outline go on a copy, so ``fig`` stays fit for a download.
+    """
+    if heads < 2 or len(figure_select.heatmap_panels(fig)) != heads:
+        plotly(fig, key)
+        return
+    shown = go.Figure(fig) if keep else fig
+    figure_select.add_cell_picker(shown, note="click: show this head")
+    if 0 <= head < heads:
+        figure_select.mark_panel(shown, head)
+    plotly(shown, key, on_select=interact.on_head(key, widget_key))
 
 
 def side_by_side(*charts: tuple[Any, ...], widths: Sequence[int] | None = None) -> None:

@@ -630,8 +630,8 @@ def test_attention_page_diagnostics_for_a_class_token_model(runs_root):
 
 
 def test_checkpoint_table_heads_are_clickable_and_follow_the_sidebar_head(runs_root):
-    """A's learned table as small multiples (one panel per head): the click layer is on, the sidebar's
-    head is the outlined panel, and the downloaded figure has neither."""
+    """A's learned table and what training changed, as small multiples (one panel per head): the click
+    layer is on and the sidebar's head is the outlined panel."""
     (runs_root / jobs.UPLOADS_DIR).mkdir()
     path = saved_checkpoint(runs_root / jobs.UPLOADS_DIR / "four.pt", num_heads=4)
     at = new_app().run()
@@ -647,3 +647,6 @@ def test_checkpoint_table_heads_are_clickable_and_follow_the_sidebar_head(runs_r
     assert len(frames) == 1 and frames[0]["xref"] == f"{heatmaps[2].get('xaxis', 'x')} domain"
     chart = next(el for el in at.get("plotly_chart") if el.key == "ck_learned")
     assert chart.proto.selection_mode  # on_select is wired: a click reruns with the clicked head
+    change = charts(at)["ck_change"]  # what training changed, per head: the same selection
+    assert any(t.get("type") == "scatter" for t in change["data"])
+    assert len([s for s in change["layout"].get("shapes", []) if s.get("type") == "rect"]) == 1
