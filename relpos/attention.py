@@ -333,6 +333,16 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]
 
 
 @contextlib.contextmanager
+def _switched_off(switch: contextvars.ContextVar, modules: frozenset) -> Iterator[None]:
+    """Add ``modules`` to the context-local set ``switch`` for the ``with`` block (nested blocks add up)."""
+    token = switch.set(switch.get() | modules)
+    try:
+        yield
+    finally:
+        switch.reset(token)
+
+
+@contextlib.contextmanager
 def relative_position_bias_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` as if every relative position bias were zero, inside the ``with`` block.
 
@@ -340,11 +350,8 @@ def relative_position_bias_disabled(model: nn.Module) -> Iterator[nn.Module]:
     asyncio task) inside the block, and other threads using the same model are unaffected.
     """
     mods = frozenset(m for _, m in _attention_modules(model))
-    token = _BIAS_OFF.set(_BIAS_OFF.get() | mods)
-    try:
+    with _switched_off(_BIAS_OFF, mods):
         yield model
-    finally:
-        _BIAS_OFF.reset(token)
 
 
 @contextlib.contextmanager
@@ -352,11 +359,8 @@ def rotary_position_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` with every rotary position embedding switched off (queries and keys are not
     turned) inside the ``with`` block; context-local like :func:`relative_position_bias_disabled`."""
     mods = frozenset(m for _, m in _attention_modules(model) if m.rope is not None)
-    token = _ROTARY_OFF.set(_ROTARY_OFF.get() | mods)
-    try:
+    with _switched_off(_ROTARY_OFF, mods):
         yield model
-    finally:
-        _ROTARY_OFF.reset(token)
 
 
 @contextlib.contextmanager
@@ -367,11 +371,8 @@ def absolute_position_disabled(model: nn.Module) -> Iterator[nn.Module]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     mods = frozenset(m for m in model.modules() if isinstance(getattr(m, "pos_embed", None), torch.Tensor))
-    token = _ABSOLUTE_OFF.set(_ABSOLUTE_OFF.get() | mods)
-    try:
+    with _switched_off(_ABSOLUTE_OFF, mods):
         yield model
-    finally:
-        _ABSOLUTE_OFF.reset(token)
 
 
 def absolute_position_enabled(module: nn.Module) -> bool:

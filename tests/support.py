@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 from relpos import jobs
-from relpos.experiments import runproc
+from relpos.experiments import rundir, runproc, runqueue
 
 
 def _started_here(pid: int) -> bool:
@@ -101,3 +103,19 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.05, what: str = 
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def slot_taken(root: Path, monkeypatch, seconds: int = 120):
+    """One run slot (``MAX_RUNS_ENV = 1``), taken by a sleeper that looks like a running trainer in
+    ``root / "busy"``: every new run stays queued. Yields that run folder; the sleeper is killed after."""
+    monkeypatch.setenv(runqueue.MAX_RUNS_ENV, "1")
+    run = root / "busy"
+    sleeper = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})", runproc.TRAIN_MODULE,
+                                run.name])
+    rundir.update_status(run, state="running", created_at=time.time() - 100, pid=sleeper.pid)
+    try:
+        yield run
+    finally:
+        sleeper.kill()
+        sleeper.wait()

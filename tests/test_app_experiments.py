@@ -13,8 +13,6 @@ import base64
 import json
 import math
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,13 +22,13 @@ import pytest
 from app_support import runs_ui
 from app_support.state import SEL_SOURCE
 from relpos import explore, jobs
-from relpos.experiments import leaderboard, rundir, run_table, runproc, runqueue
+from relpos.experiments import leaderboard, rundir, run_table, runqueue
 from relpos.experiments.checkpoint import save_checkpoint
 from relpos.experiments.config import fresh_model, resolve_config
 from relpos.experiments.config_utils import CONFIGS_DIR_ENV, configs_dir, load_config, save_config
 from relpos.families import SCHEMES
 
-from support import install_fake_trainer, sweep_trainer_source, wait_for
+from support import install_fake_trainer, slot_taken, sweep_trainer_source, wait_for
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = st_testing.AppTest
@@ -65,13 +63,8 @@ def fake(tmp_path, monkeypatch, runs_root):
 @pytest.fixture
 def busy(runs_root, monkeypatch):
     """One slot, taken by a sleeper that looks like a running trainer: every new run stays queued."""
-    monkeypatch.setenv(runqueue.MAX_RUNS_ENV, "1")
-    run = runs_root / "busy"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", runproc.TRAIN_MODULE, run.name])
-    rundir.update_status(run, state="running", created_at=time.time() - 100, pid=sleeper.pid)
-    yield run
-    sleeper.kill()
-    sleeper.wait()
+    with slot_taken(runs_root, monkeypatch) as run:
+        yield run
 
 
 def open_page(page: str) -> AppTest:

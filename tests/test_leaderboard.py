@@ -8,8 +8,6 @@ written by hand (no training). Queuing uses a temporary runs root with a limit o
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +15,11 @@ import numpy as np
 import pytest
 
 from relpos.experiments import leaderboard as lb
-from relpos.experiments import rundir, runproc, runqueue
+from relpos.experiments import rundir, runqueue
 from relpos.experiments.config_utils import load_config, save_config
 from relpos.experiments.sweep import SweepSpecError, load_spec
+
+from support import slot_taken
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,14 +77,9 @@ def test_a_bad_member_queues_nothing_and_leaves_no_folder(tmp_path):
 
 @pytest.fixture
 def busy_root(tmp_path, monkeypatch):
-    monkeypatch.setenv(runqueue.MAX_RUNS_ENV, "1")
     root = tmp_path / "runs"
-    run = root / "busy"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", runproc.TRAIN_MODULE, run.name])
-    rundir.update_status(run, state="running", created_at=time.time() - 100, pid=sleeper.pid)
-    yield root
-    sleeper.kill()
-    sleeper.wait()
+    with slot_taken(root, monkeypatch, seconds=60):
+        yield root
 
 
 def test_queue_a_built_sweep_and_prepare_the_lesson_twice(busy_root):
